@@ -1,0 +1,403 @@
+//! Function configuration: the input shapes of CreateFunction / UpdateFunctionConfiguration,
+//! their validation in AWS's words, and the `FunctionConfiguration` JSON Lambda returns.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use invoq_domain::limits::{
+    DEFAULT_MEMORY_SIZE_MB, DEFAULT_TIMEOUT_SECONDS, ENVIRONMENT_MAX_BYTES, MAX_MEMORY_SIZE_MB,
+    MAX_TIMEOUT_SECONDS, MIN_MEMORY_SIZE_MB,
+};
+use invoq_domain::{ApiError, LATEST, Location};
+use invoq_runtime::{BUILTIN_HANDLERS, BUILTIN_RUNTIME, FunctionSpec, PROCESS_RUNTIMES};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::function_store::{CodeRef, FunctionRecord, FunctionState, UpdateStatus};
+
+/// Settings CreateFunction and UpdateFunctionConfiguration share. Absent fields keep their
+/// current value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ConfigurationInput {
+    pub(crate) runtime: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) handler: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) timeout: Option<i64>,
+    pub(crate) memory_size: Option<i64>,
+    pub(crate) environment: Option<EnvironmentInput>,
+    pub(crate) dead_letter_config: Option<DeadLetterConfigInput>,
+    pub(crate) tracing_config: Option<TracingConfigInput>,
+    pub(crate) ephemeral_storage: Option<EphemeralStorageInput>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct EnvironmentInput {
+    pub(crate) variables: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct DeadLetterConfigInput {
+    pub(crate) target_arn: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct TracingConfigInput {
+    pub(crate) mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct EphemeralStorageInput {
+    pub(crate) size: i64,
+}
+
+/// `Code` of CreateFunction, and the body of UpdateFunctionCode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct CodeInput {
+    pub(crate) zip_file: Option<String>,
+    #[serde(rename = "S3Bucket")]
+    pub(crate) s3_bucket: Option<String>,
+    pub(crate) image_uri: Option<String>,
+}
+
+impl CodeInput {
+    /// The decoded, validated zip. `Ok(None)` when no package was given.
+    pub(crate) fn zip(&self) -> Result<Option<Vec<u8>>, ApiError> {
+        if self.s3_bucket.is_some() || self.image_uri.is_some() {
+            return Err(ApiError::invalid_parameter(
+                "invoq takes deployment packages as Code.ZipFile only; S3 and container image \
+                 code locations are not supported.",
+            ));
+        }
+        let Some(encoded) = &self.zip_file else {
+            return Ok(None);
+        };
+        let zip = BASE64.decode(encoded).map_err(|_| unzip_error())?;
+        zip::ZipArchive::new(Cursor::new(&zip)).map_err(|_| unzip_error())?;
+        Ok(Some(zip))
+    }
+}
+
+fn unzip_error() -> ApiError {
+    ApiError::invalid_parameter(
+        "Could not unzip uploaded file. Please check your file, then try to upload again.",
+    )
+}
+
+impl ConfigurationInput {
+    /// Validates every given field and writes it into `record`.
+    pub(crate) fn apply(self, record: &mut FunctionRecord) -> Result<(), ApiError> {
+        if let Some(runtime) = self.runtime {
+            if runtime != BUILTIN_RUNTIME && !PROCESS_RUNTIMES.contains(&runtime.as_str()) {
+                return Err(ApiError::invalid_parameter(format!(
+                    "Runtime {runtime} is not supported by invoq. Supported runtimes: {}, {BUILTIN_RUNTIME}.",
+                    PROCESS_RUNTIMES.join(", ")
+                )));
+            }
+            record.runtime = runtime;
+        }
+        if let Some(role) = self.role {
+            validate_role(&role)?;
+            record.role = role;
+        }
+        if let Some(handler) = self.handler {
+            if handler.len() > 128 {
+                return Err(ApiError::validation(
+                    &handler,
+                    "handler",
+                    "Member must have length less than or equal to 128",
+                ));
+            }
+            record.handler = handler;
+        }
+        if record.runtime == BUILTIN_RUNTIME && !BUILTIN_HANDLERS.contains(&record.handler.as_str())
+        {
+            return Err(ApiError::invalid_parameter(format!(
+                "Handler {:?} is not a builtin of {BUILTIN_RUNTIME}: use one of {}.",
+                record.handler,
+                BUILTIN_HANDLERS.join(", ")
+            )));
+        }
+        if let Some(description) = self.description {
+            if description.chars().count() > 256 {
+                return Err(ApiError::validation(
+                    &description,
+                    "description",
+                    "Member must have length less than or equal to 256",
+                ));
+            }
+            record.description = description;
+        }
+        if let Some(timeout) = self.timeout {
+            record.timeout_seconds =
+                validate_range(timeout, 1, i64::from(MAX_TIMEOUT_SECONDS), "timeout")?;
+        }
+        if let Some(memory_size) = self.memory_size {
+            record.memory_size_mb = validate_range(
+                memory_size,
+                i64::from(MIN_MEMORY_SIZE_MB),
+                i64::from(MAX_MEMORY_SIZE_MB),
+                "memorySize",
+            )?;
+        }
+        if let Some(environment) = self.environment {
+            let variables = environment.variables.unwrap_or_default();
+            validate_environment(&variables)?;
+            record.environment = Some(variables);
+        }
+        if let Some(dead_letter_config) = self.dead_letter_config {
+            // An empty TargetArn clears the setting, as the AWS CLI does with `TargetArn=`.
+            record.dead_letter_target_arn =
+                dead_letter_config.target_arn.filter(|arn| !arn.is_empty());
+        }
+        if let Some(tracing_config) = self.tracing_config {
+            let mode = tracing_config
+                .mode
+                .unwrap_or_else(|| "PassThrough".to_owned());
+            if mode != "Active" && mode != "PassThrough" {
+                return Err(ApiError::validation(
+                    &mode,
+                    "tracingConfig.mode",
+                    "Member must satisfy enum value set: [Active, PassThrough]",
+                ));
+            }
+            record.tracing_mode = mode;
+        }
+        if let Some(ephemeral_storage) = self.ephemeral_storage {
+            record.ephemeral_storage_mb =
+                validate_range(ephemeral_storage.size, 512, 10_240, "ephemeralStorage.size")?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_range(value: i64, min: i64, max: i64, field: &str) -> Result<u32, ApiError> {
+    if value < min {
+        return Err(ApiError::validation(
+            value,
+            field,
+            &format!("Member must have value greater than or equal to {min}"),
+        ));
+    }
+    if value > max {
+        return Err(ApiError::validation(
+            value,
+            field,
+            &format!("Member must have value less than or equal to {max}"),
+        ));
+    }
+    Ok(value as u32)
+}
+
+fn validate_role(role: &str) -> Result<(), ApiError> {
+    let valid = role.starts_with("arn:aws")
+        && role
+            .split_once(":iam::")
+            .and_then(|(_, rest)| rest.split_once(":role/"))
+            .is_some_and(|(account, name)| {
+                account.len() == 12
+                    && account.bytes().all(|b| b.is_ascii_digit())
+                    && !name.is_empty()
+            });
+    if valid {
+        return Ok(());
+    }
+    Err(ApiError::validation(
+        role,
+        "role",
+        "Member must satisfy regular expression pattern: \
+         arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+",
+    ))
+}
+
+/// Variables Lambda sets itself and refuses to let users override.
+const RESERVED_VARIABLES: [&str; 16] = [
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API",
+];
+
+fn validate_environment(variables: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let reserved: Vec<&str> = variables
+        .keys()
+        .map(String::as_str)
+        .filter(|name| RESERVED_VARIABLES.contains(name))
+        .collect();
+    if !reserved.is_empty() {
+        return Err(ApiError::invalid_parameter(format!(
+            "Lambda was unable to configure your environment variables because the environment \
+             variables you have provided contains reserved keys that are currently not supported \
+             for modification. Reserved keys used in this request: {}",
+            reserved.join(",")
+        )));
+    }
+    let size = serde_json::to_string(variables)
+        .map(|json| json.len())
+        .unwrap_or(usize::MAX);
+    if size > ENVIRONMENT_MAX_BYTES {
+        return Err(ApiError::invalid_parameter(
+            "Lambda was unable to configure your environment variables because the environment \
+             variables you have provided exceeded the 4KB limit.",
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh `$LATEST` with Lambda's defaults, before the request's settings apply.
+pub(crate) fn new_record(name: &str, code: CodeRef) -> FunctionRecord {
+    FunctionRecord {
+        name: name.to_owned(),
+        runtime: String::new(),
+        role: String::new(),
+        handler: String::new(),
+        description: String::new(),
+        timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+        memory_size_mb: DEFAULT_MEMORY_SIZE_MB,
+        environment: None,
+        dead_letter_target_arn: None,
+        tracing_mode: "PassThrough".to_owned(),
+        architectures: vec!["x86_64".to_owned()],
+        ephemeral_storage_mb: 512,
+        tags: BTreeMap::new(),
+        code,
+        last_modified: now_timestamp(),
+        revision_id: uuid::Uuid::new_v4().to_string(),
+        state: FunctionState::Pending,
+        failure_reason: None,
+        last_update_status: None,
+        reserved_concurrency: None,
+    }
+}
+
+/// Marks a record as changed: new revision, new LastModified, update in progress.
+pub(crate) fn mark_updated(record: &mut FunctionRecord) {
+    record.last_modified = now_timestamp();
+    record.revision_id = uuid::Uuid::new_v4().to_string();
+    record.last_update_status = Some(UpdateStatus::InProgress);
+    record.failure_reason = None;
+}
+
+/// `FunctionConfiguration.LastModified`: `2019-11-14T18:16:05.568+0000`.
+fn now_timestamp() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// The package the runtime must hold to run this function, if it runs a process.
+pub(crate) fn deployed_code(record: &FunctionRecord) -> Option<&str> {
+    (record.runtime != BUILTIN_RUNTIME).then_some(record.code.sha256_hex.as_str())
+}
+
+/// What the runtime needs to run `$LATEST`.
+pub(crate) fn function_spec(record: &FunctionRecord, location: &Location) -> FunctionSpec {
+    FunctionSpec {
+        function_name: record.name.clone(),
+        function_arn: location.function_arn(&record.name),
+        version: LATEST.to_owned(),
+        runtime: record.runtime.clone(),
+        handler: record.handler.clone(),
+        timeout: Duration::from_secs(u64::from(record.timeout_seconds)),
+        memory_size_mb: record.memory_size_mb,
+        environment: record.environment.clone().unwrap_or_default(),
+        code_sha256_hex: deployed_code(record).map(str::to_owned),
+        revision_id: record.revision_id.clone(),
+        reserved_concurrency: record.reserved_concurrency,
+        region: location.region.clone(),
+    }
+}
+
+/// Lambda's `FunctionConfiguration` shape.
+pub(crate) fn configuration_json(record: &FunctionRecord, location: &Location) -> Value {
+    let mut configuration = json!({
+        "FunctionName": record.name,
+        "FunctionArn": location.function_arn(&record.name),
+        "Runtime": record.runtime,
+        "Role": record.role,
+        "Handler": record.handler,
+        "CodeSize": record.code.size,
+        "Description": record.description,
+        "Timeout": record.timeout_seconds,
+        "MemorySize": record.memory_size_mb,
+        "LastModified": record.last_modified,
+        "CodeSha256": record.code.sha256_base64,
+        "Version": LATEST,
+        "TracingConfig": { "Mode": record.tracing_mode },
+        "RevisionId": record.revision_id,
+        "PackageType": "Zip",
+        "Architectures": record.architectures,
+        "EphemeralStorage": { "Size": record.ephemeral_storage_mb },
+        "SnapStart": { "ApplyOn": "None", "OptimizationStatus": "Off" },
+        "LoggingConfig": { "LogFormat": "Text", "LogGroup": format!("/aws/lambda/{}", record.name) },
+    });
+    let fields = configuration
+        .as_object_mut()
+        .expect("configuration is an object");
+    if let Some(variables) = &record.environment {
+        fields.insert("Environment".into(), json!({ "Variables": variables }));
+    }
+    if let Some(target_arn) = &record.dead_letter_target_arn {
+        fields.insert(
+            "DeadLetterConfig".into(),
+            json!({ "TargetArn": target_arn }),
+        );
+    }
+    let (state, reason, reason_code) = match record.state {
+        FunctionState::Pending => (
+            "Pending",
+            Some("The function is being created.".to_owned()),
+            Some("Creating"),
+        ),
+        FunctionState::Active => ("Active", None, None),
+        FunctionState::Failed => (
+            "Failed",
+            record.failure_reason.clone(),
+            Some("InternalError"),
+        ),
+    };
+    fields.insert("State".into(), state.into());
+    if let Some(reason) = reason {
+        fields.insert("StateReason".into(), reason.into());
+    }
+    if let Some(reason_code) = reason_code {
+        fields.insert("StateReasonCode".into(), reason_code.into());
+    }
+    if let Some(status) = record.last_update_status {
+        let status = match status {
+            UpdateStatus::InProgress => "InProgress",
+            UpdateStatus::Successful => "Successful",
+            UpdateStatus::Failed => "Failed",
+        };
+        fields.insert("LastUpdateStatus".into(), status.into());
+        if let (Some(reason), "Failed") = (&record.failure_reason, status) {
+            fields.insert("LastUpdateStatusReason".into(), reason.clone().into());
+            fields.insert("LastUpdateStatusReasonCode".into(), "InternalError".into());
+        }
+    }
+    configuration
+}

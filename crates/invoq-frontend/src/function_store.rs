@@ -1,0 +1,244 @@
+//! The function registry, persisted in the data directory so it survives restarts:
+//! `<data-dir>/functions/<name>.json` per function and `<data-dir>/code/<sha256-hex>.zip` per
+//! deployment package. Every write goes to a temporary file that is fsynced and renamed into
+//! place, so a crash leaves either the old or the new record, never a torn one.
+
+use std::collections::{BTreeMap, btree_map::Entry};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use invoq_domain::ApiError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Lifecycle state of a function (Lambda's `State`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FunctionState {
+    Pending,
+    Active,
+    Failed,
+}
+
+/// Progress of the last update (Lambda's `LastUpdateStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum UpdateStatus {
+    InProgress,
+    Successful,
+    Failed,
+}
+
+/// Everything invoq knows about a function's `$LATEST`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FunctionRecord {
+    pub(crate) name: String,
+    pub(crate) runtime: String,
+    pub(crate) role: String,
+    pub(crate) handler: String,
+    pub(crate) description: String,
+    pub(crate) timeout_seconds: u32,
+    pub(crate) memory_size_mb: u32,
+    pub(crate) environment: Option<BTreeMap<String, String>>,
+    pub(crate) dead_letter_target_arn: Option<String>,
+    pub(crate) tracing_mode: String,
+    pub(crate) architectures: Vec<String>,
+    pub(crate) ephemeral_storage_mb: u32,
+    pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) code: CodeRef,
+    pub(crate) last_modified: String,
+    pub(crate) revision_id: String,
+    pub(crate) state: FunctionState,
+    /// Why the function is in `Failed`, or why the last update failed.
+    pub(crate) failure_reason: Option<String>,
+    /// `None` until the first update after creation, as Lambda shows it.
+    pub(crate) last_update_status: Option<UpdateStatus>,
+    pub(crate) reserved_concurrency: Option<u32>,
+}
+
+/// A stored deployment package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CodeRef {
+    pub(crate) sha256_hex: String,
+    /// Lambda's `CodeSha256`: base64 of the digest.
+    pub(crate) sha256_base64: String,
+    pub(crate) size: u64,
+}
+
+impl FunctionRecord {
+    /// Whether the control plane is still deploying this function's latest change.
+    pub(crate) fn is_settling(&self) -> bool {
+        self.state == FunctionState::Pending
+            || self.last_update_status == Some(UpdateStatus::InProgress)
+    }
+}
+
+pub(crate) struct FunctionStore {
+    functions_dir: PathBuf,
+    code_dir: PathBuf,
+    functions: Mutex<BTreeMap<String, FunctionRecord>>,
+}
+
+impl FunctionStore {
+    pub(crate) fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let functions_dir = data_dir.join("functions");
+        let code_dir = data_dir.join("code");
+        std::fs::create_dir_all(&functions_dir)?;
+        std::fs::create_dir_all(&code_dir)?;
+        let mut functions = BTreeMap::new();
+        for entry in std::fs::read_dir(&functions_dir)? {
+            let path = entry?.path();
+            if path
+                .extension()
+                .is_some_and(|extension| extension == "json")
+            {
+                let record: FunctionRecord = serde_json::from_slice(&std::fs::read(&path)?)
+                    .map_err(|error| {
+                        std::io::Error::other(format!("{}: {error}", path.display()))
+                    })?;
+                functions.insert(record.name.clone(), record);
+            }
+        }
+        Ok(FunctionStore {
+            functions_dir,
+            code_dir,
+            functions: Mutex::new(functions),
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<FunctionRecord> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Up to `max_items` functions whose names sort after `marker`, and whether more follow.
+    pub(crate) fn list(
+        &self,
+        marker: Option<&str>,
+        max_items: usize,
+    ) -> (Vec<FunctionRecord>, bool) {
+        let functions = self.lock();
+        let mut after = functions
+            .values()
+            .filter(|record| marker.is_none_or(|marker| record.name.as_str() > marker));
+        let page: Vec<FunctionRecord> = after.by_ref().take(max_items).cloned().collect();
+        let more = after.next().is_some();
+        (page, more)
+    }
+
+    /// Total reserved concurrency of all functions except `except`.
+    pub(crate) fn reserved_concurrency_except(&self, except: &str) -> u32 {
+        self.lock()
+            .values()
+            .filter(|record| record.name != except)
+            .filter_map(|record| record.reserved_concurrency)
+            .sum()
+    }
+
+    /// Names of functions whose latest change is still being deployed.
+    pub(crate) fn settling(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|record| record.is_settling())
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    pub(crate) fn create(&self, record: FunctionRecord) -> Result<FunctionRecord, ApiError> {
+        let mut functions = self.lock();
+        match functions.entry(record.name.clone()) {
+            Entry::Occupied(_) => Err(ApiError::conflict(format!(
+                "Function already exist: {}",
+                record.name
+            ))),
+            Entry::Vacant(slot) => {
+                self.persist(&record)?;
+                Ok(slot.insert(record).clone())
+            }
+        }
+    }
+
+    /// Applies `change` to a function and persists the result; `None` if it does not exist.
+    pub(crate) fn update(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut FunctionRecord) -> Result<(), ApiError>,
+    ) -> Result<Option<FunctionRecord>, ApiError> {
+        let mut functions = self.lock();
+        let Some(current) = functions.get(name) else {
+            return Ok(None);
+        };
+        let mut updated = current.clone();
+        change(&mut updated)?;
+        self.persist(&updated)?;
+        functions.insert(name.to_owned(), updated.clone());
+        Ok(Some(updated))
+    }
+
+    pub(crate) fn delete(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
+        let mut functions = self.lock();
+        if !functions.contains_key(name) {
+            return Ok(None);
+        }
+        std::fs::remove_file(self.record_path(name)).map_err(storage_error)?;
+        Ok(functions.remove(name))
+    }
+
+    /// Stores a deployment package, named by its digest.
+    pub(crate) fn put_code(&self, zip: &[u8]) -> Result<CodeRef, ApiError> {
+        let digest = Sha256::digest(zip);
+        let code = CodeRef {
+            sha256_hex: format!("{digest:x}"),
+            sha256_base64: BASE64.encode(digest),
+            size: zip.len() as u64,
+        };
+        let path = self.code_path(&code.sha256_hex);
+        if !path.exists() {
+            write_atomically(&path, zip).map_err(storage_error)?;
+        }
+        Ok(code)
+    }
+
+    pub(crate) fn code(&self, sha256_hex: &str) -> Result<Bytes, ApiError> {
+        std::fs::read(self.code_path(sha256_hex))
+            .map(Bytes::from)
+            .map_err(storage_error)
+    }
+
+    fn code_path(&self, sha256_hex: &str) -> PathBuf {
+        self.code_dir.join(format!("{sha256_hex}.zip"))
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.functions_dir.join(format!("{name}.json"))
+    }
+
+    fn persist(&self, record: &FunctionRecord) -> Result<(), ApiError> {
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|error| storage_error(error.into()))?;
+        write_atomically(&self.record_path(&record.name), &json).map_err(storage_error)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FunctionRecord>> {
+        self.functions.lock().expect("function store poisoned")
+    }
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    let mut file = File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn storage_error(error: std::io::Error) -> ApiError {
+    tracing::error!(%error, "function store i/o failed");
+    ApiError::service(format!("invoq could not store the change: {error}"))
+}

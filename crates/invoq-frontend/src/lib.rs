@@ -1,0 +1,170 @@
+//! invoq-frontend serves Lambda's REST API: the control plane (functions, concurrency) and
+//! Invoke. Callers are boto3, the AWS CLI and aws-sdk-rust with only the endpoint changed, so
+//! paths, status codes, JSON fields and error texts follow botocore's service model and
+//! lambda-spec.md exactly.
+//!
+//! Entry point: [`Frontend::open`] then [`Frontend::router`]. Functions run through any
+//! [`RuntimeService`]: the in-process `LocalRuntime` or a gRPC client.
+//!
+//! Boundary: no process management and no function execution here; the frontend validates,
+//! records and forwards.
+
+mod configuration;
+mod function_store;
+mod functions;
+mod http;
+mod invoke;
+mod metrics;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use invoq_domain::{ApiError, Location};
+use invoq_runtime::{RuntimeError, RuntimeService};
+
+use crate::function_store::{FunctionState, FunctionStore, UpdateStatus};
+use crate::metrics::Metrics;
+
+/// Deployment packages arrive base64-encoded in JSON: 50 MB zipped, about 70 MB on the wire.
+const CONTROL_PLANE_BODY_LIMIT: usize = 70 * 1024 * 1024;
+
+/// The HTTP API's shared state.
+pub struct Frontend {
+    location: Location,
+    store: FunctionStore,
+    runtime: Arc<dyn RuntimeService>,
+    metrics: Metrics,
+}
+
+impl Frontend {
+    /// Opens the function registry in `data_dir` and resumes deployments a restart cut short.
+    pub fn open(
+        location: Location,
+        data_dir: &Path,
+        runtime: Arc<dyn RuntimeService>,
+    ) -> std::io::Result<Arc<Self>> {
+        let frontend = Arc::new(Frontend {
+            location,
+            store: FunctionStore::open(data_dir)?,
+            runtime,
+            metrics: Metrics::default(),
+        });
+        for name in frontend.store.settling() {
+            tokio::spawn(frontend.clone().settle(name));
+        }
+        Ok(frontend)
+    }
+
+    /// The Lambda REST API.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let functions = "/2015-03-31/functions";
+        Router::new()
+            .route(functions, post(functions::create).get(functions::list))
+            .route(
+                "/2015-03-31/functions/",
+                post(functions::create).get(functions::list),
+            )
+            .route(
+                &format!("{functions}/{{function_name}}"),
+                get(functions::get).delete(functions::delete),
+            )
+            .route(
+                &format!("{functions}/{{function_name}}/configuration"),
+                get(functions::get_configuration).put(functions::update_configuration),
+            )
+            .route(
+                &format!("{functions}/{{function_name}}/code"),
+                put(functions::update_code),
+            )
+            .route(
+                &format!("{functions}/{{function_name}}/invocations"),
+                post(invoke::invoke),
+            )
+            .route(
+                "/2017-10-31/functions/{function_name}/concurrency",
+                put(functions::put_concurrency).delete(functions::delete_concurrency),
+            )
+            .route(
+                "/2019-09-30/functions/{function_name}/concurrency",
+                get(functions::get_concurrency),
+            )
+            .route(
+                "/invoq/code/{code_sha256_hex}",
+                get(functions::download_code),
+            )
+            .route("/metrics", get(metrics::render))
+            .fallback(http::unknown_operation)
+            .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT))
+            .layer(axum::middleware::from_fn(http::ensure_request_id))
+            .with_state(self.clone())
+    }
+
+    /// Deploys a function's latest change to the runtime, then marks it Active / Successful
+    /// (or Failed). Runs after every create and code or configuration update.
+    async fn settle(self: Arc<Self>, name: String) {
+        let Some(record) = self.store.get(&name) else {
+            return;
+        };
+        let mut outcome = Ok(());
+        if let Some(code_sha256_hex) = configuration::deployed_code(&record) {
+            for attempt in 1..=SETTLE_ATTEMPTS {
+                outcome = self.deploy_code(code_sha256_hex).await;
+                // Only an unreachable runtime is worth waiting for.
+                if !matches!(outcome, Err(RuntimeError::Internal(_))) || attempt == SETTLE_ATTEMPTS
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let settled = self.store.update(&name, |current| {
+            // A newer change came in meanwhile; its own settle finishes it.
+            if current.revision_id != record.revision_id {
+                return Ok(());
+            }
+            let failed = outcome.as_ref().err().map(ToString::to_string);
+            current.failure_reason = failed.clone();
+            if current.state == FunctionState::Pending {
+                current.state = if failed.is_some() {
+                    FunctionState::Failed
+                } else {
+                    FunctionState::Active
+                };
+            }
+            if current.last_update_status.is_some() {
+                current.last_update_status = Some(if failed.is_some() {
+                    UpdateStatus::Failed
+                } else {
+                    UpdateStatus::Successful
+                });
+            }
+            Ok(())
+        });
+        if let Err(error) = settled {
+            tracing::error!(function = %name, %error, "cannot record deployment outcome");
+        }
+    }
+
+    async fn deploy_code(&self, code_sha256_hex: &str) -> Result<(), RuntimeError> {
+        let zip = self
+            .store
+            .code(code_sha256_hex)
+            .map_err(|error| RuntimeError::Internal(error.message))?;
+        self.runtime.put_code(code_sha256_hex, zip).await
+    }
+
+    fn not_found(&self, name: &str, qualifier: Option<&str>) -> ApiError {
+        let arn = match qualifier {
+            Some(qualifier) => self.location.qualified_function_arn(name, qualifier),
+            None => self.location.function_arn(name),
+        };
+        ApiError::not_found(format!("Function not found: {arn}"))
+    }
+}
+
+/// How often a deployment is tried while the runtime cannot be reached.
+const SETTLE_ATTEMPTS: u32 = 30;

@@ -1,0 +1,55 @@
+//! Counters behind `GET /metrics`, in Prometheus' text format.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+
+use crate::Frontend;
+
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// Synchronous invocations that ran, by whether the function succeeded.
+    pub(crate) sync_succeeded: AtomicU64,
+    pub(crate) sync_function_errors: AtomicU64,
+    /// Invocations refused with 429.
+    pub(crate) throttles: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn render(State(frontend): State<Arc<Frontend>>) -> String {
+    let metrics = &frontend.metrics;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HELP invoq_invocations_total Invocations run, by type and result."
+    );
+    let _ = writeln!(text, "# TYPE invoq_invocations_total counter");
+    for (result, counter) in [
+        ("success", &metrics.sync_succeeded),
+        ("function_error", &metrics.sync_function_errors),
+    ] {
+        let value = counter.load(Ordering::Relaxed);
+        let _ = writeln!(
+            text,
+            "invoq_invocations_total{{type=\"RequestResponse\",result=\"{result}\"}} {value}"
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP invoq_throttles_total Invocations refused with 429."
+    );
+    let _ = writeln!(text, "# TYPE invoq_throttles_total counter");
+    let _ = writeln!(
+        text,
+        "invoq_throttles_total {}",
+        metrics.throttles.load(Ordering::Relaxed)
+    );
+    text
+}

@@ -1,0 +1,79 @@
+//! Deployment packages, unpacked once per SHA-256 under `<root>/<sha256-hex>/` and shared by
+//! every process that runs them. Unpacking goes to a scratch folder renamed into place, so a
+//! crash never leaves a half-unpacked package behind a valid name.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::RuntimeError;
+
+#[derive(Debug)]
+pub(crate) struct CodeStore {
+    root: PathBuf,
+}
+
+impl CodeStore {
+    pub(crate) fn open(root: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        // Leftovers of unpacks a crash interrupted.
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".unpacking-")
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(CodeStore { root })
+    }
+
+    /// The unpacked package, if this store holds it.
+    pub(crate) fn unpacked(&self, code_sha256_hex: &str) -> Option<PathBuf> {
+        let dir = self.root.join(code_sha256_hex);
+        dir.is_dir().then_some(dir)
+    }
+
+    pub(crate) async fn put(&self, code_sha256_hex: &str, zip: Bytes) -> Result<(), RuntimeError> {
+        if self.unpacked(code_sha256_hex).is_some() {
+            return Ok(());
+        }
+        let actual = format!("{:x}", Sha256::digest(&zip));
+        if actual != code_sha256_hex {
+            return Err(RuntimeError::InvalidCode(format!(
+                "package hashes to {actual}, not {code_sha256_hex}"
+            )));
+        }
+        let root = self.root.clone();
+        let name = code_sha256_hex.to_owned();
+        tokio::task::spawn_blocking(move || unpack(&root, &name, &zip))
+            .await
+            .map_err(|error| RuntimeError::Internal(error.to_string()))?
+    }
+}
+
+fn unpack(root: &Path, name: &str, zip: &[u8]) -> Result<(), RuntimeError> {
+    let scratch = root.join(format!(".unpacking-{}", uuid::Uuid::new_v4().simple()));
+    let result = zip::ZipArchive::new(Cursor::new(zip))
+        .and_then(|mut archive| archive.extract(&scratch))
+        .map_err(|error| RuntimeError::InvalidCode(error.to_string()));
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(error);
+    }
+    match std::fs::rename(&scratch, root.join(name)) {
+        Ok(()) => Ok(()),
+        // Another put of the same package won the race; its copy is identical.
+        Err(_) if root.join(name).is_dir() => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            Ok(())
+        }
+        Err(error) => Err(RuntimeError::Internal(format!(
+            "cannot store code: {error}"
+        ))),
+    }
+}
