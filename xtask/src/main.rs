@@ -1,1 +1,90 @@
-fn main() {}
+//! invoq's one task runner: `cargo xtask <task>`. CI calls the same tasks a developer runs.
+//!
+//! - `test`: builds the example functions the tests deploy, then runs every test;
+//! - `ci`: formatting check, clippy with warnings as errors, then `test`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "invoq's task runner")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the example functions, then run the whole test suite.
+    Test,
+    /// What CI runs: cargo fmt --check, clippy -D warnings, then the test suite.
+    Ci,
+}
+
+fn main() -> anyhow::Result<()> {
+    std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
+    match Cli::parse().task {
+        Task::Test => test(),
+        Task::Ci => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            test()
+        }
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    // Tests deploy this binary as a `bootstrap`; cargo does not build other packages'
+    // binaries for integration tests, so build it first.
+    cargo(&["build", "--package", "rust-echo"])?;
+    if nextest_available() {
+        cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])
+    } else {
+        cargo(&["test", "--workspace", "--no-fail-fast"])
+    }
+}
+
+fn nextest_available() -> bool {
+    Command::new(cargo_binary())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo_binary())
+        .args(args)
+        // Tests and examples must never reach for real AWS credentials or instance metadata.
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_binary() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .into()
+}

@@ -1,0 +1,199 @@
+//! Test harness: runs the real `invoq` binary on loopback ports and points the official
+//! aws-sdk-lambda client at it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aws_sdk_lambda::Client;
+use aws_sdk_lambda::client::Waiters;
+use aws_sdk_lambda::config::retry::RetryConfig;
+use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::{FunctionCode, Runtime};
+
+pub(crate) const ROLE: &str = "arn:aws:iam::123456789012:role/invoq-test";
+
+/// A running `invoq` process. Killed when dropped.
+pub(crate) struct Invoq {
+    child: Child,
+    /// Addresses it announced, in order (`http`, `grpc`).
+    pub(crate) addresses: Vec<(String, SocketAddr)>,
+}
+
+impl Invoq {
+    /// `invoq serve` on a free port, with its data in `data_dir`.
+    pub(crate) fn serve(data_dir: &Path) -> Self {
+        Self::start(&["serve", "--http-addr", "127.0.0.1:0"], data_dir, &[], 1)
+    }
+
+    /// `invoq <args>`, waiting until it announced `listeners` addresses.
+    pub(crate) fn start(
+        args: &[&str],
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        listeners: usize,
+    ) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_invoq"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start invoq");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((what, addr)) = line
+                    .strip_prefix("invoq: ")
+                    .and_then(|rest| rest.split_once(" listening on "))
+                {
+                    let _ = sender.send((what.to_owned(), addr.parse().expect("socket address")));
+                }
+            }
+        });
+        let addresses = (0..listeners)
+            .map(|_| {
+                receiver
+                    .recv_timeout(Duration::from_secs(20))
+                    .expect("invoq did not announce its address")
+            })
+            .collect();
+        Invoq { child, addresses }
+    }
+
+    pub(crate) fn address(&self, what: &str) -> SocketAddr {
+        self.addresses
+            .iter()
+            .find(|(name, _)| name == what)
+            .expect("announced address")
+            .1
+    }
+
+    pub(crate) fn http_url(&self) -> String {
+        format!("http://{}", self.address("http"))
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        client(&self.http_url())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Invoq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The official SDK client, with test credentials, pointed at `endpoint`. Retries are off so
+/// that a 429 reaches the test as it was sent.
+pub(crate) fn client(endpoint: &str) -> Client {
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "invoq-tests"))
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(config)
+}
+
+/// A zip holding `bootstrap` (mode 755) with these contents.
+pub(crate) fn bootstrap_zip(bootstrap: &[u8]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o755);
+    zip.start_file("bootstrap", options).expect("zip entry");
+    zip.write_all(bootstrap).expect("zip write");
+    zip.finish().expect("zip finish").into_inner()
+}
+
+fn repository_file(path: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// `examples/shell-echo/bootstrap`, zipped.
+pub(crate) fn shell_echo_zip() -> Vec<u8> {
+    bootstrap_zip(&repository_file("../../examples/shell-echo/bootstrap"))
+}
+
+/// The misbehaving test runtime, zipped; its Handler picks the misbehaviour.
+pub(crate) fn misbehaving_zip() -> Vec<u8> {
+    bootstrap_zip(&repository_file("tests/api/fixtures/misbehaving-bootstrap"))
+}
+
+/// `examples/rust-echo` (built with the official lambda_runtime crate), zipped as `bootstrap`.
+pub(crate) fn rust_echo_zip() -> Vec<u8> {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir: PathBuf = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .into();
+    let binary = profile_dir.join("rust-echo-bootstrap");
+    let bytes = std::fs::read(&binary).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the example first: cargo build -p rust-echo \
+             (cargo xtask test does)",
+            binary.display()
+        )
+    });
+    bootstrap_zip(&bytes)
+}
+
+/// Creates a function and waits until it is Active.
+pub(crate) async fn create_function(
+    client: &Client,
+    name: &str,
+    runtime: Runtime,
+    handler: &str,
+    zip: Option<Vec<u8>>,
+) {
+    let code = match zip {
+        Some(zip) => FunctionCode::builder().zip_file(Blob::new(zip)).build(),
+        None => FunctionCode::builder().build(),
+    };
+    client
+        .create_function()
+        .function_name(name)
+        .runtime(runtime)
+        .handler(handler)
+        .role(ROLE)
+        .code(code)
+        .send()
+        .await
+        .expect("create function");
+    client
+        .wait_until_function_active_v2()
+        .function_name(name)
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("function becomes active");
+}
+
+pub(crate) async fn create_builtin(client: &Client, name: &str, handler: &str) {
+    create_function(client, name, Runtime::from("invoq.builtin"), handler, None).await;
+}
+
+pub(crate) fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary data dir")
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real `invoq` binary, driven by the official aws-sdk-lambda client
+//! and raw HTTP. One test binary, so the SDK is linked once.
+
+mod control_plane;
+mod harness;
+mod invoke;
+mod runtimes;
+mod split;

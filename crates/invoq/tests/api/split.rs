@@ -1,0 +1,129 @@
+//! The split deployment: `invoq frontend` and `invoq runtime` as separate processes talking
+//! gRPC over loopback.
+
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::Runtime;
+use serde_json::{Value, json};
+
+use crate::harness::{Invoq, create_builtin, create_function, data_dir, shell_echo_zip};
+
+/// A port nobody listens on right now, so a restarted runtime can come back on it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn frontend_and_runtime_run_as_separate_processes() {
+    let runtime_addr = format!("127.0.0.1:{}", free_port());
+    let runtime_data = data_dir();
+    let runtime = Invoq::start(
+        &["runtime", "--grpc-addr", &runtime_addr],
+        runtime_data.path(),
+        &[],
+        1,
+    );
+    let frontend_data = data_dir();
+    let runtime_url = format!("http://{runtime_addr}");
+    let frontend = Invoq::start(
+        &[
+            "frontend",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--runtime-addr",
+            &runtime_url,
+        ],
+        frontend_data.path(),
+        &[],
+        1,
+    );
+    let client = frontend.client();
+    create_builtin(&client, "echo", "echo").await;
+    create_function(
+        &client,
+        "shell",
+        Runtime::Providedal2023,
+        "echo",
+        Some(shell_echo_zip()),
+    )
+    .await;
+
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new("[1,2]"))
+        .send()
+        .await;
+    assert_eq!(
+        output.unwrap().payload().map(Blob::as_ref),
+        Some(b"[1,2]".as_slice())
+    );
+    let invoke_shell = || async {
+        let output = client
+            .invoke()
+            .function_name("shell")
+            .payload(Blob::new(r#"{"via":"grpc"}"#))
+            .send()
+            .await
+            .expect("invoke through the split deployment");
+        serde_json::from_slice::<Value>(output.payload().unwrap().as_ref()).unwrap()
+    };
+    assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
+
+    // A runtime that comes back empty gets the code again from the frontend on first use.
+    runtime.kill();
+    let fresh_data = data_dir();
+    let _runtime = Invoq::start(
+        &["runtime", "--grpc-addr", &runtime_addr],
+        fresh_data.path(),
+        &[],
+        1,
+    );
+    assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
+}
+
+#[tokio::test]
+async fn serve_also_exposes_its_runtime_over_grpc() {
+    let serve_data = data_dir();
+    let serve = Invoq::start(
+        &[
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ],
+        serve_data.path(),
+        &[],
+        2,
+    );
+    let frontend_data = data_dir();
+    let runtime_url = format!("http://{}", serve.address("grpc"));
+    let frontend = Invoq::start(
+        &[
+            "frontend",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--runtime-addr",
+            &runtime_url,
+        ],
+        frontend_data.path(),
+        &[],
+        1,
+    );
+    let client = frontend.client();
+    create_builtin(&client, "echo", "echo").await;
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new("true"))
+        .send()
+        .await;
+    assert_eq!(
+        output.unwrap().payload().map(Blob::as_ref),
+        Some(b"true".as_slice())
+    );
+}
