@@ -82,6 +82,10 @@ impl CodeInput {
             return Ok(None);
         };
         let zip = BASE64.decode(encoded).map_err(|_| unzip_error())?;
+        // `--zip-file` of an empty file, as builtins need no code.
+        if zip.is_empty() {
+            return Ok(None);
+        }
         zip::ZipArchive::new(Cursor::new(&zip)).map_err(|_| unzip_error())?;
         Ok(Some(zip))
     }

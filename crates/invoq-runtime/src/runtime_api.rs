@@ -168,8 +168,8 @@ async fn post_response(
     Path(request_id): Path<String>,
     body: Body,
 ) -> Response {
-    if let Err(rejection) = state.take_current(&request_id) {
-        return rejection;
+    if !state.take_current(&request_id) {
+        return invalid_request_id();
     }
     match axum::body::to_bytes(body, SYNC_RESPONSE_MAX_BYTES).await {
         Ok(body) => {
@@ -195,8 +195,8 @@ async fn post_error(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(rejection) = state.take_current(&request_id) {
-        return rejection;
+    if !state.take_current(&request_id) {
+        return invalid_request_id();
     }
     let error_type = error_type_header(&headers);
     let _ = state.events.send(ApiEvent::Error {
@@ -230,21 +230,19 @@ async fn post_init_error(
 }
 
 impl ApiState {
-    /// Checks that `request_id` is the invocation in progress and ends it.
-    fn take_current(&self, request_id: &str) -> Result<(), Response> {
+    /// Ends the invocation in progress if it is `request_id`; false if it is not.
+    fn take_current(&self, request_id: &str) -> bool {
         let mut current = self.current.lock().expect("runtime api state poisoned");
-        match current.as_deref() {
-            Some(id) if id == request_id => {
-                *current = None;
-                Ok(())
-            }
-            _ => Err(rejection(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestID",
-                "Invalid request ID",
-            )),
+        if current.as_deref() == Some(request_id) {
+            *current = None;
+            return true;
         }
+        false
     }
+}
+
+fn invalid_request_id() -> Response {
+    rejection(StatusCode::BAD_REQUEST, "InvalidRequestID", "Invalid request ID")
 }
 
 fn error_type_header(headers: &HeaderMap) -> Option<String> {

@@ -39,6 +39,9 @@ pub(crate) enum Outcome {
     },
 }
 
+/// How many times a finished run yields to let pipe readers catch up.
+const OUTPUT_DRAIN_YIELDS: usize = 4;
+
 pub(crate) struct Sandbox {
     child: Child,
     api: RuntimeApi,
@@ -131,9 +134,12 @@ impl Sandbox {
         if !reusable {
             self.kill().await;
         }
-        // Output written just before the answer may still sit in the pipe: give the reader
-        // tasks a moment, since the tail should end with it.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Output the process wrote before answering is already in the pipe, but the reader
+        // tasks may not have run yet. Yielding lets the scheduler poll the I/O driver and run
+        // them, so the log ends with that output, without sleeping on the hot path.
+        for _ in 0..OUTPUT_DRAIN_YIELDS {
+            tokio::task::yield_now().await;
+        }
         let output = self.log.lock().expect("sandbox log poisoned").take();
         SandboxRun {
             outcome,
