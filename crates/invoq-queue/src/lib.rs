@@ -58,7 +58,11 @@ pub trait EventQueue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Lease>, Self::Error>> + Send;
 
     /// Removes a leased item for good. Settling an already settled lease is not an error.
-    fn ack(&self, queue: &str, lease: &Lease) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn ack(
+        &self,
+        queue: &str,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Makes a leased item visible again after `delay`.
     fn nack(

@@ -242,7 +242,11 @@ impl ApiState {
 }
 
 fn invalid_request_id() -> Response {
-    rejection(StatusCode::BAD_REQUEST, "InvalidRequestID", "Invalid request ID")
+    rejection(
+        StatusCode::BAD_REQUEST,
+        "InvalidRequestID",
+        "Invalid request ID",
+    )
 }
 
 fn error_type_header(headers: &HeaderMap) -> Option<String> {

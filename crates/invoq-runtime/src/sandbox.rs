@@ -88,6 +88,7 @@ impl Sandbox {
             // Its own process group, so a timeout kills the bootstrap's children too.
             .process_group(0)
             .kill_on_drop(true);
+        die_with_invoq(&mut command);
         let mut child = command
             .spawn()
             .map_err(|error| format!("fork/exec {}: {error}", bootstrap.display()))?;
@@ -228,6 +229,28 @@ fn error_outcome(body: Bytes, error_type: Option<String>) -> Outcome {
         return Outcome::FunctionError(Bytes::from(body.to_string()));
     }
     Outcome::FunctionError(body)
+}
+
+/// Has the kernel kill the bootstrap when invoq dies, even by SIGKILL: otherwise a crashed
+/// invoq would leave function processes running with nobody to serve their Runtime API.
+/// (The signal fires when the spawning thread exits; tokio spawns from its worker threads,
+/// which live as long as the runtime.)
+#[allow(unsafe_code)]
+fn die_with_invoq(command: &mut Command) {
+    let invoq_pid = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed. It makes two plain syscalls (prctl, getppid) and
+    // allocates nothing: errors are built from raw errno values.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // invoq may have died before the prctl took effect.
+            if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(invoq_pid) {
+                return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Lambda prefixes platform error messages with the request id.

@@ -276,3 +276,31 @@ async fn a_package_without_bootstrap_is_an_invalid_entrypoint() {
             .contains("Couldn't find valid bootstrap(s)")
     );
 }
+
+#[tokio::test]
+async fn function_processes_die_with_a_killed_invoq() {
+    let data = data_dir();
+    let invoq = Invoq::serve(data.path());
+    let client = invoq.client();
+    create_function(
+        &client,
+        "pids",
+        Runtime::Providedal2023,
+        "pid",
+        Some(misbehaving_zip()),
+    )
+    .await;
+    let (_, body) = invoke(&client, "pids", "{}").await;
+    let pid = body["pid"].as_u64().expect("pid");
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists(), "the warm process is alive");
+    invoq.kill();
+    let gone = async {
+        while proc_dir.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), gone)
+        .await
+        .expect("the function process dies with invoq");
+}
