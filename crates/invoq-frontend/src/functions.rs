@@ -46,6 +46,12 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
         .function_name
         .ok_or_else(|| missing("functionName"))?;
     let function = FunctionRef::parse(&function_name, None)?;
+    if function.qualifier.is_some() {
+        return Err(ApiError::invalid_parameter(format!(
+            "{function_name} names a version or alias; CreateFunction takes an unqualified name."
+        ))
+        .into());
+    }
     if request
         .package_type
         .as_deref()

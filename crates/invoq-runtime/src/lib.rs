@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use local::LocalRuntime;
+pub use local::{DEFAULT_IDLE_TIMEOUT, LocalRuntime};
 
 /// The `Runtime` value that selects invoq's builtin handlers.
 pub const BUILTIN_RUNTIME: &str = "invoq.builtin";

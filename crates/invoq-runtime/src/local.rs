@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,14 +21,20 @@ use crate::{
     ThrottleReason, builtin,
 };
 
+/// How long a warm process may sit idle before it is stopped, as Lambda recycles idle
+/// execution environments after some minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Runs functions on this machine. Data lives under `<data-dir>/runtime/`: unpacked code and
 /// each function's kept logs.
 pub struct LocalRuntime {
     code_store: CodeStore,
     log_dir: PathBuf,
-    functions: Mutex<HashMap<String, FunctionState>>,
+    functions: Arc<FunctionMap>,
     account_in_flight: Arc<AtomicU32>,
 }
+
+type FunctionMap = Mutex<HashMap<String, FunctionState>>;
 
 /// Per function: invocations in flight (for reserved concurrency) and the warm pool of its
 /// current revision.
@@ -40,7 +46,9 @@ struct FunctionState {
 
 struct SandboxPool {
     revision_id: String,
-    idle: Mutex<Vec<Sandbox>>,
+    /// Warm processes with the time each went idle; the most recently used is reused first,
+    /// so a shrinking load lets the others age out.
+    idle: Mutex<Vec<(Instant, Sandbox)>>,
 }
 
 /// Holds one unit of function and account concurrency until dropped.
@@ -57,14 +65,21 @@ impl Drop for ConcurrencyPermit {
 }
 
 impl LocalRuntime {
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    /// Opens the runtime's data in `data_dir` and starts stopping processes idle for longer
+    /// than `idle_timeout`. Must be called within a Tokio runtime.
+    pub fn open(data_dir: &Path, idle_timeout: Duration) -> std::io::Result<Self> {
         let root = data_dir.join("runtime");
         let log_dir = root.join("logs");
         std::fs::create_dir_all(&log_dir)?;
+        let functions = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(reap_idle_sandboxes(
+            Arc::downgrade(&functions),
+            idle_timeout,
+        ));
         Ok(LocalRuntime {
             code_store: CodeStore::open(root.join("code"))?,
             log_dir,
-            functions: Mutex::new(HashMap::new()),
+            functions,
             account_in_flight: Arc::new(AtomicU32::new(0)),
         })
     }
@@ -226,14 +241,42 @@ impl SandboxPool {
     }
 
     fn take_idle(&self) -> Option<Sandbox> {
-        self.idle.lock().expect("sandbox pool poisoned").pop()
+        self.idle
+            .lock()
+            .expect("sandbox pool poisoned")
+            .pop()
+            .map(|(_, sandbox)| sandbox)
     }
 
     fn put_idle(&self, sandbox: Sandbox) {
         self.idle
             .lock()
             .expect("sandbox pool poisoned")
-            .push(sandbox);
+            .push((Instant::now(), sandbox));
+    }
+
+    /// Stops processes idle for `idle_timeout` or longer; returns how many are left.
+    fn reap(&self, idle_timeout: Duration) -> usize {
+        let mut idle = self.idle.lock().expect("sandbox pool poisoned");
+        idle.retain(|(since, _)| since.elapsed() < idle_timeout);
+        idle.len()
+    }
+}
+
+/// Stops idle processes past `idle_timeout`, and forgets functions with nothing running and
+/// nothing warm (deleted ones among them), until the runtime is dropped.
+async fn reap_idle_sandboxes(functions: Weak<FunctionMap>, idle_timeout: Duration) {
+    let period = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(functions) = functions.upgrade() else {
+            return;
+        };
+        let mut functions = functions.lock().expect("runtime state poisoned");
+        // A permit or an admission in progress holds a second reference to `in_flight`.
+        functions.retain(|_, state| {
+            state.pool.reap(idle_timeout) > 0 || Arc::strong_count(&state.in_flight) > 1
+        });
     }
 }
 
@@ -277,5 +320,105 @@ fn lambda_payload(outcome: Outcome, invocation: &Invocation) -> (Bytes, Option<S
             error.insert("requestId".into(), "".into());
             (Bytes::from(Value::Object(error).to_string()), unhandled)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    /// A bootstrap that answers every invocation with its own pid.
+    const PID_BOOTSTRAP: &str = r#"#!/bin/sh
+api="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
+headers="$(mktemp)"
+while event="$(curl -sS -D "$headers" "$api/invocation/next")"; do
+  id="$(grep -i '^lambda-runtime-aws-request-id:' "$headers" | tr -d '\r' | cut -d' ' -f2)"
+  printf '{"pid":%s}' "$$" | curl -sS -X POST "$api/invocation/$id/response" --data-binary @- >/dev/null
+done
+"#;
+
+    fn zip_of(bootstrap: &str) -> Bytes {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+        zip.start_file("bootstrap", options).unwrap();
+        zip.write_all(bootstrap.as_bytes()).unwrap();
+        Bytes::from(zip.finish().unwrap().into_inner())
+    }
+
+    fn invocation(code_sha256_hex: &str) -> Invocation {
+        Invocation {
+            function: FunctionSpec {
+                function_name: "pid".into(),
+                function_arn: "arn:aws:lambda:us-east-1:000000000000:function:pid".into(),
+                version: "$LATEST".into(),
+                runtime: "provided.al2023".into(),
+                handler: "pid".into(),
+                timeout: Duration::from_secs(3),
+                memory_size_mb: 128,
+                environment: BTreeMap::new(),
+                code_sha256_hex: Some(code_sha256_hex.into()),
+                revision_id: "r1".into(),
+                reserved_concurrency: None,
+                region: "us-east-1".into(),
+            },
+            request_id: invoq_domain::new_request_id(),
+            payload: Bytes::from_static(b"{}"),
+            invoked_function_arn: "arn:aws:lambda:us-east-1:000000000000:function:pid".into(),
+            client_context: None,
+            attempt: 1,
+            trace_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_processes_are_stopped_after_the_idle_timeout() {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = LocalRuntime::open(data.path(), Duration::from_millis(200)).unwrap();
+        let zip = zip_of(PID_BOOTSTRAP);
+        let sha = format!("{:x}", Sha256::digest(&zip));
+        runtime.put_code(&sha, zip).await.unwrap();
+
+        let first = runtime.invoke(invocation(&sha)).await.unwrap();
+        let second = runtime.invoke(invocation(&sha)).await.unwrap();
+        assert_eq!(
+            first.payload, second.payload,
+            "warm process reused within the timeout"
+        );
+        let pid: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid["pid"]));
+        assert!(proc_dir.exists());
+
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!proc_dir.exists(), "idle process stopped");
+        assert!(
+            runtime.functions.lock().unwrap().is_empty(),
+            "idle function forgotten"
+        );
+        let third = runtime.invoke(invocation(&sha)).await.unwrap();
+        assert_ne!(
+            third.payload, first.payload,
+            "a fresh process serves the next invoke"
+        );
+    }
+
+    #[tokio::test]
+    async fn code_is_checked_against_its_digest() {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = LocalRuntime::open(data.path(), DEFAULT_IDLE_TIMEOUT).unwrap();
+        let error = runtime
+            .put_code(&"0".repeat(64), zip_of("#!/bin/sh\n"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, RuntimeError::InvalidCode(_)), "{error:?}");
+        let missing = runtime
+            .invoke(invocation(&"1".repeat(64)))
+            .await
+            .unwrap_err();
+        assert_eq!(missing, RuntimeError::CodeMissing("1".repeat(64)));
     }
 }

@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn open_runtime(data_dir: &Path) -> anyhow::Result<LocalRuntime> {
-    LocalRuntime::open(data_dir)
+    LocalRuntime::open(data_dir, invoq_runtime::DEFAULT_IDLE_TIMEOUT)
         .with_context(|| format!("cannot open the runtime in {}", data_dir.display()))
 }
 
