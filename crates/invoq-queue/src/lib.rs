@@ -1,86 +1,118 @@
-//! invoq-queue will own the durable event queue behind asynchronous invocation: the
-//! `invocations` queue the frontend fills on a 202 and the `deliveries` queue the retry worker
-//! fills for the router (DESIGN.md, "Data flow").
+//! invoq-queue owns the durable queues of asynchronous invocation: `invocations`, filled by
+//! the frontend before it answers 202 and drained by the retry worker, and `deliveries`,
+//! filled by the worker with terminal outcomes for the router (DESIGN.md, "Data flow").
 //!
-//! Nothing here runs yet: this crate holds the contract the backends (embedded on disk,
-//! memory, SQS) will implement, so the services built around it can be written against it.
-//! Until a backend exists, invoq refuses `InvocationType: Event` instead of answering 202.
+//! The service is the [`EventQueue`] trait: leases with a visibility timeout, delayed
+//! delivery, ack / nack, and [`EventQueue::settle_and_enqueue`], which ends a lease and
+//! enqueues another item as one atomic step. It is shaped so that SQS can implement it
+//! (delays, visibility changes, receipts, no cross-queue transactions).
 //!
-//! Boundary: knows bytes, ids, delays and leases; nothing of Lambda.
+//! Backends: [`EmbeddedQueue`] stores everything in a redb database in the data directory,
+//! with group commit; [`EmbeddedQueue::in_memory`] is the same engine on redb's in-memory
+//! backend.
+//!
+//! Boundary: bytes, ids, delays and leases; nothing of Lambda.
+
+mod embedded;
 
 use std::time::Duration;
 
-/// One message in a queue: an opaque body under a stable id (the request id for
-/// invocations), used to deduplicate where a backend can only deliver at least once.
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
+
+/// The queue the frontend fills with accepted Event invocations.
+pub const INVOCATIONS: &str = "invocations";
+/// The queue the worker fills with terminal outcomes for the router.
+pub const DELIVERIES: &str = "deliveries";
+
+/// One message: an opaque body under a stable id (the request id for invocations), which
+/// consumers use to deduplicate where delivery is at least once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueItem {
     pub id: String,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// A leased item: invisible to other consumers until the lease expires or is settled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
+    pub queue: String,
     pub item: QueueItem,
-    /// Backend-specific handle that settles this lease (an SQS receipt handle, say).
+    /// Identifies this lease of the item; a newer lease of the same item has another.
     pub receipt: String,
     /// How many times the item has been leased, this lease included.
-    pub delivery_count: u32,
+    pub receive_count: u32,
+    /// When the item was first enqueued, in milliseconds since the Unix epoch.
+    pub enqueued_at_ms: u64,
 }
 
-/// Depth and age of a queue, for back-pressure (429 past the depth limit) and metrics.
+/// Depth and age of a queue, for back-pressure and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Items in the queue, leased or not.
     pub depth: u64,
+    /// Age of the oldest item.
     pub oldest_age: Option<Duration>,
 }
 
-/// The operations every backend provides. Shaped so SQS can implement it: delays up to
-/// 900 s natively and longer through visibility changes, and no cross-queue transactions,
-/// which is why `settle_and_enqueue` is one call the backend makes as atomic as it can.
-pub trait EventQueue: Send + Sync + 'static {
-    type Error: std::error::Error + Send + Sync + 'static;
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue holds as many items as it may; try again later.
+    #[error("queue {queue} is full ({depth} items)")]
+    Full { queue: String, depth: u64 },
+    /// The lease expired and the item was leased again, or the receipt is unknown.
+    #[error("lease {receipt} is no longer held")]
+    LeaseLost { receipt: String },
+    #[error("queue storage failed: {0}")]
+    Storage(String),
+}
 
-    /// Appends an item, visible after `delay`; returns once it is durable.
-    fn enqueue(
+/// The queue service. Every method that changes an item is durable when it returns.
+#[async_trait]
+pub trait EventQueue: Send + Sync + 'static {
+    /// Appends an item, visible after `delay`. Refused with [`QueueError::Full`] past the
+    /// backend's depth limit: this is the admission point of new work.
+    async fn enqueue(
         &self,
         queue: &str,
         item: QueueItem,
         delay: Duration,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    ) -> Result<(), QueueError>;
 
-    /// Leases up to `max` visible items for `visibility`.
-    fn lease(
+    /// Leases up to `max` visible items for `visibility`, waiting up to `wait` for one to
+    /// become visible (long polling).
+    async fn lease(
         &self,
         queue: &str,
         max: usize,
         visibility: Duration,
-    ) -> impl Future<Output = Result<Vec<Lease>, Self::Error>> + Send;
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError>;
 
-    /// Removes a leased item for good. Settling an already settled lease is not an error.
-    fn ack(
-        &self,
-        queue: &str,
-        lease: &Lease,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Moves the lease's expiry to `visibility` from now; returns the renewed lease.
+    async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<Lease, QueueError>;
 
-    /// Makes a leased item visible again after `delay`.
-    fn nack(
-        &self,
-        queue: &str,
-        lease: &Lease,
-        delay: Duration,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Removes a leased item. Acking an item that is already gone succeeds.
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
 
-    /// Acks `lease` in `queue` and enqueues `item` in `target` as one step: the worker's
-    /// hand-off of a terminal outcome to the router.
-    fn settle_and_enqueue(
+    /// Returns a leased item to the queue, visible again after `delay`.
+    async fn nack(&self, lease: &Lease, delay: Duration) -> Result<(), QueueError>;
+
+    /// Removes the leased item and enqueues `item` in `target` after `delay`, as one step:
+    /// either both happen or neither. Never refused for depth, so work in flight can always
+    /// move on.
+    async fn settle_and_enqueue(
         &self,
-        queue: &str,
         lease: &Lease,
         target: &str,
         item: QueueItem,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+        delay: Duration,
+    ) -> Result<(), QueueError>;
 
-    fn stats(&self, queue: &str) -> impl Future<Output = Result<QueueStats, Self::Error>> + Send;
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
+
+    /// Up to `max` items, oldest first, without leasing them: for inspection.
+    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<QueueItem>, QueueError>;
 }
