@@ -5,6 +5,7 @@
 //! Boundary: no I/O, no async, no wire format of invoq's own. Everything here is something an
 //! AWS user would recognise.
 
+pub mod asynchronous;
 mod error;
 mod function_ref;
 pub mod limits;

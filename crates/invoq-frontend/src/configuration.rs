@@ -184,7 +184,7 @@ impl ConfigurationInput {
     }
 }
 
-fn validate_range(value: i64, min: i64, max: i64, field: &str) -> Result<u32, ApiError> {
+pub(crate) fn validate_range(value: i64, min: i64, max: i64, field: &str) -> Result<u32, ApiError> {
     if value < min {
         return Err(ApiError::validation(
             value,
@@ -292,6 +292,7 @@ pub(crate) fn new_record(name: &str, code: CodeRef) -> FunctionRecord {
         failure_reason: None,
         last_update_status: None,
         reserved_concurrency: None,
+        event_invoke_configs: BTreeMap::new(),
     }
 }
 

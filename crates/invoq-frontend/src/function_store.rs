@@ -13,6 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use invoq_domain::ApiError;
+use invoq_domain::asynchronous::EventInvokeConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -57,6 +58,9 @@ pub(crate) struct FunctionRecord {
     /// `None` until the first update after creation, as Lambda shows it.
     pub(crate) last_update_status: Option<UpdateStatus>,
     pub(crate) reserved_concurrency: Option<u32>,
+    /// Event invoke configs by qualifier.
+    #[serde(default)]
+    pub(crate) event_invoke_configs: BTreeMap<String, EventInvokeConfig>,
 }
 
 /// A stored deployment package.

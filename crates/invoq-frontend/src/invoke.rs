@@ -9,13 +9,19 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use invoq_domain::asynchronous::{
+    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, QueuedInvocation,
+};
 use invoq_domain::limits::{CLIENT_CONTEXT_MAX_BYTES, SYNC_REQUEST_MAX_BYTES};
 use invoq_domain::{ApiError, ErrorCode, FunctionRef, LATEST, Qualifier};
+use invoq_queue::{INVOCATIONS, QueueError, QueueItem};
 use invoq_runtime::{Invocation, InvocationResult, RuntimeError};
 
 use crate::Frontend;
 use crate::configuration::function_spec;
-use crate::function_store::FunctionState;
+use crate::function_store::{FunctionRecord, FunctionState};
 use crate::functions::QualifierQuery;
 use crate::http::{ApiResult, ErrorResponse, REQUEST_ID};
 use crate::metrics::Metrics;
@@ -75,36 +81,32 @@ impl Frontend {
         let payload = read_payload(body).await?;
         let client_context = client_context(headers)?;
 
-        match invocation_type {
-            InvocationType::DryRun => return Ok(StatusCode::NO_CONTENT.into_response()),
-            InvocationType::Event => {
-                return Err(ApiError::invalid_parameter(
-                    "invoq does not run InvocationType Event yet: asynchronous invocation \
-                     arrives with its durable event queue. Use RequestResponse.",
-                )
-                .into());
-            }
-            InvocationType::RequestResponse => {}
+        if invocation_type == InvocationType::DryRun {
+            return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        if record.state != FunctionState::Active {
-            let state = if record.state == FunctionState::Pending {
-                "Pending"
-            } else {
-                "Failed"
-            };
-            return Err(ApiError::conflict(format!(
-                "The operation cannot be performed at this time. The function is currently in \
-                 the following state: {state}"
-            ))
-            .into());
-        }
-
+        check_active(&record)?;
         let invoked_function_arn = match &function.qualifier {
             Some(qualifier) => self
                 .location
                 .qualified_function_arn(&record.name, &qualifier.to_string()),
             None => self.location.function_arn(&record.name),
         };
+        if invocation_type == InvocationType::Event {
+            if payload.len() > EVENT_PAYLOAD_MAX_BYTES {
+                return Err(ApiError::new(
+                    ErrorCode::RequestEntityTooLarge,
+                    format!(
+                        "{} byte payload is too large for the Event invocation type (limit \
+                         {EVENT_PAYLOAD_MAX_BYTES} bytes)",
+                        payload.len()
+                    ),
+                )
+                .into());
+            }
+            self.accept_event(request_id, &record.name, invoked_function_arn, &payload)
+                .await?;
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
         let invocation = Invocation {
             function: function_spec(&record, &self.location),
             request_id: request_id.to_owned(),
@@ -121,16 +123,58 @@ impl Frontend {
         Ok(invoke_response(result, tail_log))
     }
 
-    /// Runs an invocation, first handing the runtime the code if it does not have it yet
-    /// (a runtime that restarted or joined later).
-    async fn run(&self, invocation: Invocation) -> Result<InvocationResult, ErrorResponse> {
-        let mut result = self.runtime.invoke(invocation.clone()).await;
-        if let Err(RuntimeError::CodeMissing(code_sha256_hex)) = &result {
-            match self.deploy_code(code_sha256_hex).await {
-                Ok(()) => result = self.runtime.invoke(invocation).await,
-                Err(error) => result = Err(error),
+    /// Writes an Event invocation to the durable queue; it is on disk when this returns.
+    pub(crate) async fn accept_event(
+        &self,
+        request_id: &str,
+        function_name: &str,
+        invoked_function_arn: String,
+        payload: &[u8],
+    ) -> Result<(), ErrorResponse> {
+        let Some(queue) = &self.queue else {
+            return Err(ApiError::invalid_parameter(
+                "This invoq frontend runs without an event queue, so it cannot accept \
+                 InvocationType Event. Run `invoq serve`, or use RequestResponse.",
+            )
+            .into());
+        };
+        let event = QueuedInvocation {
+            request_id: request_id.to_owned(),
+            function_name: function_name.to_owned(),
+            qualifier: LATEST.to_owned(),
+            invoked_function_arn,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            accepted_at_ms: now_ms(),
+            attempts: 0,
+            throttles: 0,
+        };
+        let body = Bytes::from(serde_json::to_vec(&event).expect("queued invocations serialise"));
+        let item = QueueItem {
+            id: request_id.to_owned(),
+            body,
+        };
+        match queue.enqueue(INVOCATIONS, item, Duration::ZERO).await {
+            Ok(()) => {
+                Metrics::count(&self.metrics.events_accepted);
+                Ok(())
+            }
+            Err(QueueError::Full { .. }) => {
+                Metrics::count(&self.metrics.throttles);
+                Err(ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded.").into())
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot enqueue an event");
+                Err(ApiError::service(format!("The event could not be stored: {error}")).into())
             }
         }
+    }
+
+    /// Runs a synchronous invocation and maps what the runtime refused to Lambda's errors.
+    async fn run(&self, invocation: Invocation) -> Result<InvocationResult, ErrorResponse> {
+        let result = invoq_runtime::invoke_deploying(self.runtime.as_ref(), invocation, |sha| {
+            std::future::ready(self.code(&sha))
+        })
+        .await;
         match result {
             Ok(result) => {
                 let counter = if result.function_error.is_some() {
@@ -158,6 +202,29 @@ impl Frontend {
             }
         }
     }
+}
+
+/// Functions still being created, or whose creation failed, cannot be invoked.
+fn check_active(record: &FunctionRecord) -> Result<(), ApiError> {
+    if record.state == FunctionState::Active {
+        return Ok(());
+    }
+    let state = if record.state == FunctionState::Pending {
+        "Pending"
+    } else {
+        "Failed"
+    };
+    Err(ApiError::conflict(format!(
+        "The operation cannot be performed at this time. The function is currently in the \
+         following state: {state}"
+    )))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn invoke_response(result: InvocationResult, tail_log: bool) -> Response {
@@ -239,6 +306,11 @@ async fn read_payload(body: Body) -> Result<Bytes, ApiError> {
                 ),
             )
         })?;
+    validate_json(payload)
+}
+
+/// The event must be JSON; an empty body is `{}`.
+fn validate_json(payload: Bytes) -> Result<Bytes, ApiError> {
     if payload.is_empty() {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -256,4 +328,51 @@ async fn read_payload(body: Body) -> Result<Bytes, ApiError> {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// The deprecated InvokeAsync (`POST /2014-11-13/functions/{FunctionName}/invoke-async/`),
+/// which older clients still call: an Event invoke with a 256 KB limit.
+pub(crate) async fn invoke_async(
+    State(frontend): State<Arc<Frontend>>,
+    Path(function_name): Path<String>,
+    body: Body,
+) -> Response {
+    let request_id = invoq_domain::new_request_id();
+    let accepted = async {
+        let function = FunctionRef::parse(&function_name, None)?;
+        let record = frontend
+            .store
+            .get(&function.name)
+            .ok_or_else(|| frontend.not_found(&function.name, Some(LATEST)))?;
+        let payload = axum::body::to_bytes(body, INVOKE_ASYNC_MAX_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::RequestEntityTooLarge,
+                    format!(
+                        "Request must be smaller than {INVOKE_ASYNC_MAX_BYTES} bytes for the \
+                     InvokeAsync operation"
+                    ),
+                )
+            })?;
+        let payload = validate_json(payload)?;
+        check_active(&record)?;
+        let invoked_function_arn = frontend.location.function_arn(&record.name);
+        frontend
+            .accept_event(&request_id, &record.name, invoked_function_arn, &payload)
+            .await?;
+        Ok::<_, ErrorResponse>(
+            (
+                StatusCode::ACCEPTED,
+                [("content-type", "application/json")],
+                r#"{"Status":202}"#,
+            )
+                .into_response(),
+        )
+    };
+    let mut response = accepted.await.unwrap_or_else(IntoResponse::into_response);
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }

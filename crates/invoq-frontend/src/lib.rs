@@ -10,11 +10,13 @@
 //! records and forwards.
 
 mod configuration;
+mod event_invoke_config;
 mod function_store;
 mod functions;
 mod http;
 mod invoke;
 mod metrics;
+mod queues;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +25,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
+use invoq_domain::asynchronous::AsyncSettings;
 use invoq_domain::{ApiError, Location};
-use invoq_runtime::{RuntimeError, RuntimeService};
+use invoq_queue::EventQueue;
+use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
 
 use crate::function_store::{FunctionState, FunctionStore, UpdateStatus};
 use crate::metrics::Metrics;
@@ -37,6 +41,8 @@ pub struct Frontend {
     location: Location,
     store: FunctionStore,
     runtime: Arc<dyn RuntimeService>,
+    /// Where Event invocations go; without one, Event invokes are refused.
+    queue: Option<Arc<dyn EventQueue>>,
     metrics: Metrics,
 }
 
@@ -46,11 +52,13 @@ impl Frontend {
         location: Location,
         data_dir: &Path,
         runtime: Arc<dyn RuntimeService>,
+        queue: Option<Arc<dyn EventQueue>>,
     ) -> std::io::Result<Arc<Self>> {
         let frontend = Arc::new(Frontend {
             location,
             store: FunctionStore::open(data_dir)?,
             runtime,
+            queue,
             metrics: Metrics::default(),
         });
         for name in frontend.store.settling() {
@@ -93,9 +101,29 @@ impl Frontend {
                 get(functions::get_concurrency),
             )
             .route(
+                "/2019-09-25/functions/{function_name}/event-invoke-config",
+                put(event_invoke_config::put)
+                    .post(event_invoke_config::update)
+                    .get(event_invoke_config::get)
+                    .delete(event_invoke_config::delete),
+            )
+            .route(
+                "/2019-09-25/functions/{function_name}/event-invoke-config/list",
+                get(event_invoke_config::list),
+            )
+            .route(
                 "/invoq/code/{code_sha256_hex}",
                 get(functions::download_code),
             )
+            .route(
+                "/2014-11-13/functions/{function_name}/invoke-async",
+                post(invoke::invoke_async),
+            )
+            .route(
+                "/2014-11-13/functions/{function_name}/invoke-async/",
+                post(invoke::invoke_async),
+            )
+            .route("/invoq/queues/{queue}", get(queues::inspect))
             .route("/metrics", get(metrics::render))
             .fallback(http::unknown_operation)
             .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT))
@@ -150,11 +178,36 @@ impl Frontend {
     }
 
     async fn deploy_code(&self, code_sha256_hex: &str) -> Result<(), RuntimeError> {
-        let zip = self
-            .store
-            .code(code_sha256_hex)
-            .map_err(|error| RuntimeError::Internal(error.message))?;
+        let zip = self.code(code_sha256_hex)?;
         self.runtime.put_code(code_sha256_hex, zip).await
+    }
+
+    /// What the retry worker needs to run an event of `function_name` now: the function's
+    /// current spec and async settings. Only `$LATEST` exists.
+    pub fn async_target(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Option<(FunctionSpec, AsyncSettings)> {
+        let record = self
+            .store
+            .get(function_name)
+            .filter(|_| qualifier == invoq_domain::LATEST)?;
+        let settings = AsyncSettings::new(
+            record.event_invoke_configs.get(qualifier),
+            record.dead_letter_target_arn.clone(),
+        );
+        Some((
+            configuration::function_spec(&record, &self.location),
+            settings,
+        ))
+    }
+
+    /// A stored deployment package, by hex SHA-256.
+    pub fn code(&self, code_sha256_hex: &str) -> Result<bytes::Bytes, RuntimeError> {
+        self.store
+            .code(code_sha256_hex)
+            .map_err(|error| RuntimeError::Internal(error.message))
     }
 
     fn not_found(&self, name: &str, qualifier: Option<&str>) -> ApiError {

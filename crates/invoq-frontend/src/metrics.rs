@@ -13,6 +13,8 @@ pub(crate) struct Metrics {
     /// Synchronous invocations that ran, by whether the function succeeded.
     pub(crate) sync_succeeded: AtomicU64,
     pub(crate) sync_function_errors: AtomicU64,
+    /// Event invocations written to the queue (answered 202).
+    pub(crate) events_accepted: AtomicU64,
     /// Invocations refused with 429.
     pub(crate) throttles: AtomicU64,
 }

@@ -141,3 +141,25 @@ pub trait RuntimeService: Send + Sync + 'static {
     /// Stores a deployment package under its hex SHA-256. Idempotent.
     async fn put_code(&self, code_sha256_hex: &str, zip: Bytes) -> Result<(), RuntimeError>;
 }
+
+/// Runs an invocation, first handing the runtime the deployment package if it does not hold
+/// it yet (a runtime that restarted empty, or joined later). `fetch_code` loads a package by
+/// its hex SHA-256 from wherever the caller keeps packages.
+pub async fn invoke_deploying<F, Fut>(
+    runtime: &dyn RuntimeService,
+    invocation: Invocation,
+    fetch_code: F,
+) -> Result<InvocationResult, RuntimeError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<Bytes, RuntimeError>>,
+{
+    match runtime.invoke(invocation.clone()).await {
+        Err(RuntimeError::CodeMissing(code_sha256_hex)) => {
+            let zip = fetch_code(code_sha256_hex.clone()).await?;
+            runtime.put_code(&code_sha256_hex, zip).await?;
+            runtime.invoke(invocation).await
+        }
+        other => other,
+    }
+}

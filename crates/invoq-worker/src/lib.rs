@@ -1,11 +1,312 @@
-//! invoq-worker will be the retry worker of asynchronous invocation (lambda-spec.md §2): it
-//! leases invocations from `invoq-queue`, runs them through `invoq-runtime`, and settles each
-//! attempt by Lambda's rules: retry function errors up to `MaximumRetryAttempts` after about
-//! 60 s and 120 s, back off on throttles and system errors until `MaximumEventAgeInSeconds`,
-//! and hand every terminal outcome (Success, RetriesExhausted, EventAgeExceeded,
-//! ZeroReservedConcurrency) to the deliveries queue in one step with the lease.
+//! invoq-worker is the retry worker of asynchronous invocation (lambda-spec.md §2). It leases
+//! events from the `invocations` queue, runs each through the runtime service, and settles
+//! the lease by Lambda's rules ([`policy`]): a retry goes back to `invocations` with a delay,
+//! a terminal outcome (Success, RetriesExhausted, EventAgeExceeded, ZeroReservedConcurrency)
+//! goes to `deliveries` with Lambda's invocation record, in the same step that ends the lease.
 //!
-//! Nothing is implemented yet, and nothing pretends to be: the frontend refuses Event
-//! invokes until this crate and the queue exist.
+//! Invariants kept here:
+//! - a lease is extended to the function timeout plus a margin before the function runs, so
+//!   a slow function is never run twice in parallel;
+//! - an event's request id never changes across attempts;
+//! - events run the function's code and settings current when they run.
 //!
-//! Boundary: talks to the queue and the runtime through their service traits only.
+//! Boundary: talks to the queue, the runtime and the function registry through traits only.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use invoq_domain::asynchronous::{
+    AsyncSettings, Condition, InvocationRecord, Outcome, QueuedInvocation, RequestContext,
+    ResponseContext,
+};
+use invoq_queue::{DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueItem};
+use invoq_runtime::{FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::policy::{AttemptResult, Decision, RetryPolicy};
+
+/// How much longer than the function timeout a lease lasts.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// The lease taken before the function's timeout is known.
+const INITIAL_LEASE: Duration = Duration::from_secs(60);
+/// How long one lease call waits for work.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// A function as an event should run now, with its async settings.
+#[derive(Clone, Debug)]
+pub struct AsyncTarget {
+    pub spec: FunctionSpec,
+    pub settings: AsyncSettings,
+}
+
+/// The function registry, as the worker needs it.
+#[async_trait]
+pub trait FunctionDirectory: Send + Sync + 'static {
+    /// The function as it is now; `None` if it no longer exists.
+    async fn resolve(&self, function_name: &str, qualifier: &str) -> Option<AsyncTarget>;
+
+    /// A deployment package, for a runtime that does not hold it yet.
+    async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RuntimeError>;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    /// Invocations run at the same time, at most.
+    pub concurrency: usize,
+    pub retry_policy: RetryPolicy,
+}
+
+pub struct Worker {
+    queue: Arc<dyn EventQueue>,
+    runtime: Arc<dyn RuntimeService>,
+    directory: Arc<dyn FunctionDirectory>,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    pub fn new(
+        queue: Arc<dyn EventQueue>,
+        runtime: Arc<dyn RuntimeService>,
+        directory: Arc<dyn FunctionDirectory>,
+        config: WorkerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Worker {
+            queue,
+            runtime,
+            directory,
+            config,
+        })
+    }
+
+    /// Leases and runs events until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        loop {
+            let Ok(first) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            let leases = match self
+                .queue
+                .lease(INVOCATIONS, permits.len(), INITIAL_LEASE, LEASE_WAIT)
+                .await
+            {
+                Ok(leases) => leases,
+                Err(error) => {
+                    tracing::error!(%error, "cannot lease invocations");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for (lease, permit) in leases.into_iter().zip(permits) {
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    worker.process(lease).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// Runs one attempt of a leased event and settles the lease.
+    async fn process(&self, lease: Lease) {
+        let mut event: QueuedInvocation = match serde_json::from_slice(&lease.item.body) {
+            Ok(event) => event,
+            Err(error) => {
+                // Nothing can ever run it; keep it out of the way of the rest.
+                tracing::error!(%error, id = %lease.item.id, "unreadable queued invocation dropped");
+                let _ = self.queue.ack(&lease).await;
+                return;
+            }
+        };
+        let Some(target) = self
+            .directory
+            .resolve(&event.function_name, &event.qualifier)
+            .await
+        else {
+            tracing::warn!(request_id = %event.request_id, function = %event.function_name,
+                "function deleted before its event ran; event dropped");
+            let _ = self.queue.ack(&lease).await;
+            return;
+        };
+        let policy = self.config.retry_policy;
+        if target.spec.reserved_concurrency == Some(0) {
+            return self
+                .finish(
+                    &lease,
+                    &event,
+                    &target,
+                    Condition::ZeroReservedConcurrency,
+                    None,
+                )
+                .await;
+        }
+        if policy.expired(&event, &target.settings, now_ms()) {
+            return self
+                .finish(&lease, &event, &target, Condition::EventAgeExceeded, None)
+                .await;
+        }
+        let lease = match self
+            .queue
+            .extend(&lease, target.spec.timeout + LEASE_MARGIN)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(error) => {
+                tracing::warn!(%error, request_id = %event.request_id, "lease lost before running");
+                return;
+            }
+        };
+
+        let invocation = Invocation {
+            function: target.spec.clone(),
+            request_id: event.request_id.clone(),
+            payload: Bytes::from(event.payload.clone()),
+            invoked_function_arn: event.invoked_function_arn.clone(),
+            client_context: None,
+            attempt: event.attempts + 1,
+            trace_id: None,
+        };
+        let directory = self.directory.clone();
+        let result =
+            invoq_runtime::invoke_deploying(self.runtime.as_ref(), invocation, |sha| async move {
+                directory.code(&sha).await
+            })
+            .await;
+        let (attempt, response) = match result {
+            Ok(result) => {
+                event.attempts += 1;
+                event.throttles = 0;
+                let attempt = if result.function_error.is_some() {
+                    AttemptResult::FunctionError
+                } else {
+                    AttemptResult::Succeeded
+                };
+                (attempt, Some(result))
+            }
+            Err(error) => {
+                tracing::debug!(%error, request_id = %event.request_id, "attempt did not run");
+                event.throttles += 1;
+                (AttemptResult::NotRun, None)
+            }
+        };
+        match policy.decide(&event, attempt, &target.settings, now_ms()) {
+            Decision::Finish(condition) => {
+                self.finish(&lease, &event, &target, condition, response.as_ref())
+                    .await;
+            }
+            Decision::RetryAfter(delay) => {
+                let item = QueueItem {
+                    id: event.request_id.clone(),
+                    body: to_json(&event),
+                };
+                if let Err(error) = self
+                    .queue
+                    .settle_and_enqueue(&lease, INVOCATIONS, item, delay)
+                    .await
+                {
+                    tracing::warn!(%error, request_id = %event.request_id, "retry not recorded; the lease will expire and the attempt repeat");
+                }
+            }
+        }
+    }
+
+    /// Hands the terminal outcome to the deliveries queue, ending the lease in the same step.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        event: &QueuedInvocation,
+        target: &AsyncTarget,
+        condition: Condition,
+        response: Option<&InvocationResult>,
+    ) {
+        let outcome = outcome(event, target, condition, response);
+        let item = QueueItem {
+            id: event.request_id.clone(),
+            body: to_json(&outcome),
+        };
+        match self
+            .queue
+            .settle_and_enqueue(lease, DELIVERIES, item, Duration::ZERO)
+            .await
+        {
+            Ok(()) => tracing::debug!(request_id = %event.request_id, ?condition, "event finished"),
+            Err(error) => tracing::warn!(%error, request_id = %event.request_id,
+                "outcome not recorded; the lease will expire and the event run again"),
+        }
+    }
+}
+
+/// Lambda's invocation record for a terminal outcome (lambda-spec.md §4).
+fn outcome(
+    event: &QueuedInvocation,
+    target: &AsyncTarget,
+    condition: Condition,
+    response: Option<&InvocationResult>,
+) -> Outcome {
+    let executed_version = response
+        .map(|response| response.executed_version.clone())
+        .unwrap_or(event.qualifier.clone());
+    let response_payload = response.map(|response| json_or_string(&response.payload));
+    let error_message = response
+        .filter(|response| response.function_error.is_some())
+        .and(response_payload.as_ref())
+        .and_then(|payload| payload.get("errorMessage"))
+        .and_then(Value::as_str)
+        .map(|message| message.chars().take(1024).collect());
+    Outcome {
+        record: InvocationRecord {
+            version: "1.0".into(),
+            timestamp: timestamp(),
+            request_context: RequestContext {
+                request_id: event.request_id.clone(),
+                function_arn: format!("{}:{executed_version}", target.spec.function_arn),
+                condition,
+                approximate_invoke_count: event.attempts,
+            },
+            request_payload: json_or_string(event.payload.as_bytes()),
+            response_context: response.map(|response| ResponseContext {
+                status_code: 200,
+                executed_version: response.executed_version.clone(),
+                function_error: response.function_error.clone(),
+            }),
+            response_payload,
+        },
+        destinations: target.settings.destinations.clone(),
+        error_message,
+    }
+}
+
+fn json_or_string(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("outcomes serialise"))
+}
+
+/// `2019-11-14T18:16:05.568Z`
+fn timestamp() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -11,8 +11,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use invoq_domain::Location;
 use invoq_frontend::Frontend;
+use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
-use invoq_runtime::{LocalRuntime, RuntimeService};
+use invoq_runtime::{LocalRuntime, RuntimeError, RuntimeService};
+use invoq_worker::policy::RetryPolicy;
+use invoq_worker::{AsyncTarget, FunctionDirectory, Worker, WorkerConfig};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -37,6 +40,8 @@ enum Command {
         /// Also serve the runtime over gRPC here, for frontends running elsewhere.
         #[arg(long, env = "INVOQ_GRPC_ADDR")]
         grpc_addr: Option<SocketAddr>,
+        #[command(flatten)]
+        asynchronous: AsyncArgs,
     },
     /// Run only the Lambda-compatible HTTP API, using a runtime service at --runtime-addr.
     Frontend {
@@ -76,6 +81,28 @@ struct HttpArgs {
 }
 
 #[derive(Debug, Args)]
+struct AsyncArgs {
+    /// Where queued events live: embedded (on disk in the data dir) or memory.
+    #[arg(long, env = "INVOQ_QUEUE", default_value = "embedded")]
+    queue: QueueBackend,
+    /// Event invokes are refused with 429 past this many queued events.
+    #[arg(long, env = "INVOQ_QUEUE_DEPTH_LIMIT", default_value_t = 1_000_000)]
+    queue_depth_limit: u64,
+    /// Multiplies every wait of the async path (retry delays, backoff, event-age limits).
+    #[arg(long, env = "INVOQ_TIME_SCALE", default_value_t = 1.0)]
+    time_scale: f64,
+    /// Queued events run at the same time, at most.
+    #[arg(long, env = "INVOQ_WORKER_CONCURRENCY", default_value_t = 64)]
+    worker_concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum QueueBackend {
+    Embedded,
+    Memory,
+}
+
+#[derive(Debug, Args)]
 struct CommonArgs {
     /// Where invoq keeps its state.
     #[arg(long, env = "INVOQ_DATA_DIR", default_value = "./.invoq")]
@@ -95,13 +122,29 @@ async fn main() -> anyhow::Result<()> {
             http,
             common,
             grpc_addr,
+            asynchronous,
         } => {
             let runtime: Arc<dyn RuntimeService> = Arc::new(open_runtime(&common.data_dir)?);
             if let Some(grpc_addr) = grpc_addr {
                 let listener = bind(grpc_addr, "grpc").await?;
                 tokio::spawn(serve_runtime_grpc(listener, runtime.clone()));
             }
-            serve_http(http, &common.data_dir, runtime).await
+            let queue = open_queue(&asynchronous, &common.data_dir)?;
+            let frontend = open_frontend(
+                &http,
+                &common.data_dir,
+                runtime.clone(),
+                Some(queue.clone()),
+            )?;
+            let worker_config = WorkerConfig {
+                concurrency: asynchronous.worker_concurrency,
+                retry_policy: RetryPolicy {
+                    time_scale: asynchronous.time_scale,
+                },
+            };
+            let directory = Arc::new(RegistryDirectory(frontend.clone()));
+            tokio::spawn(Worker::new(queue, runtime, directory, worker_config).run());
+            serve_http(http.http_addr, frontend).await
         }
         Command::Frontend {
             http,
@@ -110,7 +153,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let runtime = RuntimeGrpcClient::connect_lazy(&runtime_addr)
                 .with_context(|| format!("runtime address {runtime_addr}"))?;
-            serve_http(http, &common.data_dir, Arc::new(runtime)).await
+            let frontend = open_frontend(&http, &common.data_dir, Arc::new(runtime), None)?;
+            serve_http(http.http_addr, frontend).await
         }
         Command::Runtime { common, grpc_addr } => {
             let runtime = Arc::new(open_runtime(&common.data_dir)?);
@@ -125,22 +169,62 @@ fn open_runtime(data_dir: &Path) -> anyhow::Result<LocalRuntime> {
         .with_context(|| format!("cannot open the runtime in {}", data_dir.display()))
 }
 
-async fn serve_http(
-    http: HttpArgs,
+fn open_frontend(
+    http: &HttpArgs,
     data_dir: &Path,
     runtime: Arc<dyn RuntimeService>,
-) -> anyhow::Result<()> {
+    queue: Option<Arc<dyn EventQueue>>,
+) -> anyhow::Result<Arc<Frontend>> {
     let location = Location {
-        region: http.region,
-        account_id: http.account_id,
+        region: http.region.clone(),
+        account_id: http.account_id.clone(),
     };
-    let frontend = Frontend::open(location, data_dir, runtime).with_context(|| {
+    Frontend::open(location, data_dir, runtime, queue).with_context(|| {
         format!(
             "cannot open the function registry in {}",
             data_dir.display()
         )
-    })?;
-    let listener = bind(http.http_addr, "http").await?;
+    })
+}
+
+fn open_queue(args: &AsyncArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn EventQueue>> {
+    if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
+        anyhow::bail!(
+            "INVOQ_TIME_SCALE must be a positive number, not {}",
+            args.time_scale
+        );
+    }
+    let options = EmbeddedQueueOptions {
+        max_depth: args.queue_depth_limit,
+    };
+    let queue = match args.queue {
+        QueueBackend::Embedded => {
+            let path = data_dir.join("queue.redb");
+            EmbeddedQueue::open(&path, options)
+                .with_context(|| format!("cannot open the event queue {}", path.display()))?
+        }
+        QueueBackend::Memory => EmbeddedQueue::in_memory(options)?,
+    };
+    Ok(Arc::new(queue))
+}
+
+/// The function registry, as the retry worker sees it.
+struct RegistryDirectory(Arc<Frontend>);
+
+#[async_trait::async_trait]
+impl FunctionDirectory for RegistryDirectory {
+    async fn resolve(&self, function_name: &str, qualifier: &str) -> Option<AsyncTarget> {
+        let (spec, settings) = self.0.async_target(function_name, qualifier)?;
+        Some(AsyncTarget { spec, settings })
+    }
+
+    async fn code(&self, code_sha256_hex: &str) -> Result<bytes::Bytes, RuntimeError> {
+        self.0.code(code_sha256_hex)
+    }
+}
+
+async fn serve_http(http_addr: SocketAddr, frontend: Arc<Frontend>) -> anyhow::Result<()> {
+    let listener = bind(http_addr, "http").await?;
     axum::serve(listener, frontend.router())
         .with_graceful_shutdown(shutdown_signal())
         .await
