@@ -30,10 +30,13 @@ use tokio::sync::Semaphore;
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
-/// How much longer than the function timeout a lease lasts.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// The lease taken before the function's timeout is known.
-const INITIAL_LEASE: Duration = Duration::from_secs(60);
+/// How much longer than the function timeout a lease lasts: time to record the outcome
+/// after the timeout fired. It is also how long a crashed worker's events wait before
+/// another attempt, so it stays short.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// The lease taken before the function's timeout is known; it is extended to the timeout
+/// plus [`LEASE_MARGIN`] right after.
+const INITIAL_LEASE: Duration = Duration::from_secs(10);
 /// How long one lease call waits for work.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
 

@@ -1,8 +1,9 @@
 //! The split deployment: `invoq frontend` and `invoq runtime` as separate processes talking
 //! gRPC over loopback.
 
+use aws_sdk_lambda::error::ProvideErrorMetadata;
 use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::Runtime;
+use aws_sdk_lambda::types::{InvocationType, Runtime};
 use serde_json::{Value, json};
 
 use crate::harness::{Invoq, create_builtin, create_function, data_dir, shell_echo_zip};
@@ -72,6 +73,16 @@ async fn frontend_and_runtime_run_as_separate_processes() {
         serde_json::from_slice::<Value>(output.payload().unwrap().as_ref()).unwrap()
     };
     assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
+
+    // This frontend has no event queue: Event invokes are refused, never answered 202.
+    let event = client
+        .invoke()
+        .function_name("echo")
+        .invocation_type(InvocationType::Event)
+        .send()
+        .await
+        .expect_err("no queue, no 202");
+    assert_eq!(event.code(), Some("InvalidParameterValueException"));
 
     // A runtime that comes back empty gets the code again from the frontend on first use.
     runtime.kill();
