@@ -9,11 +9,12 @@
 //!
 //! Backends: [`EmbeddedQueue`] stores everything in a redb database in the data directory,
 //! with group commit; [`EmbeddedQueue::in_memory`] is the same engine on redb's in-memory
-//! backend.
+//! backend. [`grpc`] serves any backend over gRPC and calls one remotely.
 //!
 //! Boundary: bytes, ids, delays and leases; nothing of Lambda.
 
 mod embedded;
+pub mod grpc;
 
 use std::time::Duration;
 

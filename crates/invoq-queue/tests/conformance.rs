@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::sync::Arc;
+
+use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue, QueueError, QueueItem};
 
 const Q: &str = "work";
@@ -22,21 +25,35 @@ fn ids(leases: &[invoq_queue::Lease]) -> Vec<&str> {
     leases.iter().map(|lease| lease.item.id.as_str()).collect()
 }
 
-/// Every backend, fresh. The file-backed one keeps its directory alive with it.
-fn backends(max_depth: u64) -> Vec<(&'static str, Box<dyn EventQueue>, Option<tempfile::TempDir>)> {
+/// Every backend, fresh: embedded on disk, in memory, and behind the gRPC service (the
+/// client is what services in other processes use). Temporary directories live as long as
+/// the queue.
+async fn backends(
+    max_depth: u64,
+) -> Vec<(&'static str, Box<dyn EventQueue>, Option<tempfile::TempDir>)> {
     let options = EmbeddedQueueOptions { max_depth };
     let dir = tempfile::tempdir().unwrap();
     let embedded = EmbeddedQueue::open(&dir.path().join("queue.redb"), options.clone()).unwrap();
-    let memory = EmbeddedQueue::in_memory(options).unwrap();
+    let memory = EmbeddedQueue::in_memory(options.clone()).unwrap();
+    let served: Arc<dyn EventQueue> = Arc::new(EmbeddedQueue::in_memory(options).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(QueueGrpcServer::new(served))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let client = QueueGrpcClient::connect_lazy(&address).unwrap();
     vec![
         ("embedded", Box::new(embedded), Some(dir)),
         ("memory", Box::new(memory), None),
+        ("grpc", Box::new(client), None),
     ]
 }
 
 #[tokio::test]
 async fn delayed_items_become_visible_in_order() {
-    for (name, queue, _dir) in backends(100) {
+    for (name, queue, _dir) in backends(100).await {
         queue
             .enqueue(Q, item("late"), Duration::from_millis(300))
             .await
@@ -60,7 +77,7 @@ async fn delayed_items_become_visible_in_order() {
 
 #[tokio::test]
 async fn expired_leases_are_delivered_again() {
-    for (name, queue, _dir) in backends(100) {
+    for (name, queue, _dir) in backends(100).await {
         queue.enqueue(Q, item("a"), NO_WAIT).await.unwrap();
         let first = queue
             .lease(Q, 1, Duration::from_millis(100), NO_WAIT)
@@ -98,7 +115,7 @@ async fn expired_leases_are_delivered_again() {
 
 #[tokio::test]
 async fn ack_is_idempotent_and_nack_delays() {
-    for (name, queue, _dir) in backends(100) {
+    for (name, queue, _dir) in backends(100).await {
         queue.enqueue(Q, item("a"), NO_WAIT).await.unwrap();
         queue.enqueue(Q, item("b"), NO_WAIT).await.unwrap();
         let leases = queue
@@ -133,7 +150,7 @@ async fn ack_is_idempotent_and_nack_delays() {
 
 #[tokio::test]
 async fn settle_and_enqueue_moves_an_item_atomically() {
-    for (name, queue, _dir) in backends(100) {
+    for (name, queue, _dir) in backends(100).await {
         queue.enqueue(Q, item("a"), NO_WAIT).await.unwrap();
         let lease = queue
             .lease(Q, 1, Duration::from_secs(30), NO_WAIT)
@@ -164,7 +181,7 @@ async fn settle_and_enqueue_moves_an_item_atomically() {
 
 #[tokio::test]
 async fn extend_moves_the_lease_and_retires_the_old_receipt() {
-    for (name, queue, _dir) in backends(100) {
+    for (name, queue, _dir) in backends(100).await {
         queue.enqueue(Q, item("a"), NO_WAIT).await.unwrap();
         let lease = queue
             .lease(Q, 1, Duration::from_millis(100), NO_WAIT)
@@ -192,7 +209,7 @@ async fn extend_moves_the_lease_and_retires_the_old_receipt() {
 
 #[tokio::test]
 async fn stats_peek_and_depth_limit() {
-    for (name, queue, _dir) in backends(2) {
+    for (name, queue, _dir) in backends(2).await {
         let empty = queue.stats(Q).await.unwrap();
         assert_eq!((empty.depth, empty.oldest_age), (0, None), "{name}");
         queue.enqueue(Q, item("a"), NO_WAIT).await.unwrap();
@@ -240,8 +257,8 @@ async fn stats_peek_and_depth_limit() {
 
 #[tokio::test]
 async fn long_poll_wakes_on_enqueue_and_on_delay_expiry() {
-    for (name, queue, _dir) in backends(100) {
-        let queue: std::sync::Arc<dyn EventQueue> = std::sync::Arc::from(queue);
+    for (name, queue, _dir) in backends(100).await {
+        let queue: Arc<dyn EventQueue> = Arc::from(queue);
         let producer = queue.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use invoq_domain::Location;
 use invoq_frontend::Frontend;
+use invoq_queue::grpc::QueueGrpcServer;
 use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
 use invoq_runtime::{LocalRuntime, RuntimeError, RuntimeService};
@@ -37,7 +38,7 @@ enum Command {
         http: HttpArgs,
         #[command(flatten)]
         common: CommonArgs,
-        /// Also serve the runtime over gRPC here, for frontends running elsewhere.
+        /// Also serve the runtime and the queue over gRPC here, for services running elsewhere.
         #[arg(long, env = "INVOQ_GRPC_ADDR")]
         grpc_addr: Option<SocketAddr>,
         #[command(flatten)]
@@ -125,11 +126,11 @@ async fn main() -> anyhow::Result<()> {
             asynchronous,
         } => {
             let runtime: Arc<dyn RuntimeService> = Arc::new(open_runtime(&common.data_dir)?);
+            let queue = open_queue(&asynchronous, &common.data_dir)?;
             if let Some(grpc_addr) = grpc_addr {
                 let listener = bind(grpc_addr, "grpc").await?;
-                tokio::spawn(serve_runtime_grpc(listener, runtime.clone()));
+                tokio::spawn(serve_grpc(listener, runtime.clone(), Some(queue.clone())));
             }
-            let queue = open_queue(&asynchronous, &common.data_dir)?;
             let frontend = open_frontend(
                 &http,
                 &common.data_dir,
@@ -159,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Runtime { common, grpc_addr } => {
             let runtime = Arc::new(open_runtime(&common.data_dir)?);
             let listener = bind(grpc_addr, "grpc").await?;
-            serve_runtime_grpc(listener, runtime).await
+            serve_grpc(listener, runtime, None).await
         }
     }
 }
@@ -231,12 +232,15 @@ async fn serve_http(http_addr: SocketAddr, frontend: Arc<Frontend>) -> anyhow::R
         .context("http server failed")
 }
 
-async fn serve_runtime_grpc(
+/// Serves the runtime, and the queue when this process owns one, over gRPC.
+async fn serve_grpc(
     listener: TcpListener,
     runtime: Arc<dyn RuntimeService>,
+    queue: Option<Arc<dyn EventQueue>>,
 ) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(RuntimeGrpcServer::new(runtime))
+        .add_optional_service(queue.map(QueueGrpcServer::new))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown_signal(),
