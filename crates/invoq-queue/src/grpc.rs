@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use invoq_proto::error_kind::{kind_of, tagged_status};
 use invoq_proto::v1 as pb;
 use invoq_proto::v1::queue_client::QueueClient;
 use invoq_proto::v1::queue_server::{Queue, QueueServer};
@@ -16,9 +17,6 @@ use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats};
 
 /// Items carry event payloads of up to 1 MB, and a lease call returns several.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Metadata key naming the [`QueueError`] a status stands for.
-const ERROR_KIND_KEY: &str = "invoq-queue-error";
 
 pub struct QueueGrpcServer {
     queue: Arc<dyn EventQueue>,
@@ -325,20 +323,13 @@ impl From<QueueError> for Status {
             }
             QueueError::Storage(message) => (Code::Internal, "storage", message.clone()),
         };
-        let mut status = Status::new(code, message);
-        status
-            .metadata_mut()
-            .insert(ERROR_KIND_KEY, kind.parse().expect("ascii metadata"));
-        status
+        tagged_status(code, kind, message)
     }
 }
 
 impl From<Status> for QueueError {
     fn from(status: Status) -> Self {
-        let kind = status
-            .metadata()
-            .get(ERROR_KIND_KEY)
-            .and_then(|kind| kind.to_str().ok());
+        let kind = kind_of(&status);
         let message = status.message().to_owned();
         match kind {
             Some("full") => {

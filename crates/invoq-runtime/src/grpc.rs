@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use invoq_proto::error_kind::{kind_of, tagged_status};
 use invoq_proto::v1 as pb;
 use invoq_proto::v1::runtime_client::RuntimeClient;
 use invoq_proto::v1::runtime_server::{Runtime, RuntimeServer};
@@ -19,9 +20,6 @@ use crate::{
 
 /// Invoke payloads go up to 6 MB each way, above tonic's 4 MB default.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// Metadata key that carries which [`RuntimeError`] a status stands for.
-const ERROR_KIND_KEY: &str = "invoq-runtime-error";
 
 /// Serves a [`RuntimeService`] as the gRPC `invoq.v1.Runtime` service.
 pub struct RuntimeGrpcServer {
@@ -202,20 +200,13 @@ impl From<RuntimeError> for Status {
             RuntimeError::InvalidCode(message) => (Code::InvalidArgument, "invalid-code", message),
             RuntimeError::Internal(message) => (Code::Internal, "internal", message),
         };
-        let mut status = Status::new(code, message);
-        status
-            .metadata_mut()
-            .insert(ERROR_KIND_KEY, kind.parse().expect("ascii metadata"));
-        status
+        tagged_status(code, kind, message)
     }
 }
 
 impl From<Status> for RuntimeError {
     fn from(status: Status) -> Self {
-        let kind = status
-            .metadata()
-            .get(ERROR_KIND_KEY)
-            .and_then(|kind| kind.to_str().ok());
+        let kind = kind_of(&status);
         let message = status.message().to_owned();
         match kind {
             Some("throttled") => ThrottleReason::parse(&message)
