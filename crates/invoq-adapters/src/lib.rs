@@ -1,25 +1,219 @@
-//! invoq-adapters will deliver invocation records to destinations: SQS, SNS, EventBridge and
-//! Lambda by ARN, through the AWS SDKs (so AWS, LocalStack and moto all work), or to JSON-lines
-//! files under the data directory for local development, chosen by `INVOQ_DESTINATIONS`.
+//! invoq-adapters delivers messages to destinations named by ARN: invocation records to
+//! `OnSuccess` / `OnFailure` destinations and original events to dead-letter queues
+//! (lambda-spec.md §4-§5).
 //!
-//! Only the contract exists so far; no adapter is implemented, and none pretends to be.
+//! [`Destination`] is the contract. Implementations:
+//! - [`aws::AwsDestinations`]: SQS, SNS and EventBridge through the AWS SDKs, configured from
+//!   the standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials), so one binary
+//!   talks to AWS, LocalStack or moto; region and account come from each ARN;
+//! - [`file::FileDestinations`]: JSON lines under `<data-dir>/destinations/`, for local work;
+//! - [`memory::MemoryDestinations`] and [`memory::FaultInjecting`], for tests.
 //!
-//! Boundary: one delivery at a time, no retries (the router retries), no knowledge of queues.
+//! [`from_setting`] picks one from `INVOQ_DESTINATIONS` (`aws` or `file`).
+//!
+//! Boundary: one delivery attempt per call; retries, backoff and parking are the router's.
+//! Lambda-function destinations are the router's too (they are async invokes of invoq).
 
-/// One message for a destination: the JSON body plus the attributes that let consumers
-/// deduplicate (the request id) and, for dead-letter queues, learn why the event failed.
+pub mod aws;
+pub mod file;
+pub mod memory;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// One message for one destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    /// The destination ARN, e.g. `arn:aws:sqs:us-east-2:123456789012:destination`.
+    /// e.g. `arn:aws:sqs:us-east-2:123456789012:destination`.
     pub target_arn: String,
+    pub kind: DeliveryKind,
+    /// The invocation record (JSON), or for a dead-letter queue the original event.
     pub body: String,
-    pub attributes: Vec<(String, String)>,
+    /// Carried as the `RequestID` message attribute, so consumers can drop duplicates.
+    pub request_id: String,
+    /// Stable per outcome and target kind: FIFO targets deduplicate on it.
+    pub deduplication_id: String,
 }
 
-/// A place records can be delivered to.
-pub trait Destination: Send + Sync + 'static {
-    type Error: std::error::Error + Send + Sync + 'static;
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// A destination invocation record.
+    Record {
+        success: bool,
+        /// The function's qualified ARN (EventBridge lists it in `Resources`).
+        function_arn: String,
+    },
+    /// A dead-letter message: the original event with why it failed.
+    DeadLetter { error_message: String },
+}
 
+impl Delivery {
+    /// The message attributes SQS and SNS receive: `RequestID` always, and for dead-letter
+    /// messages `ErrorCode` (Number, "200" for function errors) and `ErrorMessage`.
+    pub fn attributes(&self) -> Vec<Attribute> {
+        let mut attributes = vec![Attribute::string("RequestID", &self.request_id)];
+        if let DeliveryKind::DeadLetter { error_message } = &self.kind {
+            attributes.push(Attribute {
+                name: "ErrorCode",
+                data_type: "Number",
+                value: "200".into(),
+            });
+            attributes.push(Attribute::string("ErrorMessage", error_message));
+        }
+        attributes
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribute {
+    pub name: &'static str,
+    pub data_type: &'static str,
+    pub value: String,
+}
+
+impl Attribute {
+    fn string(name: &'static str, value: &str) -> Self {
+        Attribute {
+            name,
+            data_type: "String",
+            value: value.to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// This adapter cannot deliver to that kind of ARN at all.
+    #[error("cannot deliver to {0}: unsupported destination")]
+    Unsupported(String),
+    /// The attempt failed; a later one may succeed.
+    #[error("delivery to {target} failed: {message}")]
+    Failed { target: String, message: String },
+}
+
+impl DeliveryError {
+    fn failed(target: &str, message: impl std::fmt::Display) -> Self {
+        DeliveryError::Failed {
+            target: target.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A place messages can be delivered to.
+#[async_trait]
+pub trait Destination: Send + Sync + 'static {
     /// Delivers once; the caller decides whether and when to retry.
-    fn deliver(&self, delivery: &Delivery) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError>;
+}
+
+/// The parts of a destination ARN adapters route on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetArn<'a> {
+    pub service: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+    pub resource: &'a str,
+}
+
+impl<'a> TargetArn<'a> {
+    pub fn parse(arn: &'a str) -> Option<Self> {
+        let mut parts = arn.splitn(6, ':');
+        let (
+            Some("arn"),
+            Some(_partition),
+            Some(service),
+            Some(region),
+            Some(account),
+            Some(resource),
+        ) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        )
+        else {
+            return None;
+        };
+        Some(TargetArn {
+            service,
+            region,
+            account,
+            resource,
+        })
+    }
+
+    /// The resource's own name: the queue or topic name, or the event bus name.
+    pub fn resource_name(&self) -> &'a str {
+        self.resource
+            .strip_prefix("event-bus/")
+            .unwrap_or(self.resource)
+    }
+}
+
+/// Which adapters `INVOQ_DESTINATIONS` names.
+#[derive(Debug, thiserror::Error)]
+#[error("INVOQ_DESTINATIONS must be `aws` or `file`, not {0:?}")]
+pub struct UnknownAdapters(pub String);
+
+/// The adapters for `setting` (`aws` or `file`), validated at start-up.
+pub async fn from_setting(
+    setting: &str,
+    data_dir: &Path,
+) -> Result<Arc<dyn Destination>, UnknownAdapters> {
+    match setting {
+        "aws" => Ok(Arc::new(aws::AwsDestinations::from_env().await)),
+        "file" => Ok(Arc::new(file::FileDestinations::new(
+            data_dir.join("destinations"),
+        ))),
+        other => Err(UnknownAdapters(other.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_name_service_region_account_and_resource() {
+        let arn = TargetArn::parse("arn:aws:sqs:us-east-2:123456789012:destination").unwrap();
+        assert_eq!(
+            (arn.service, arn.region, arn.account, arn.resource_name()),
+            ("sqs", "us-east-2", "123456789012", "destination")
+        );
+        let bus =
+            TargetArn::parse("arn:aws:events:eu-west-1:123456789012:event-bus/orders").unwrap();
+        assert_eq!(bus.resource_name(), "orders");
+        assert_eq!(TargetArn::parse("not-an-arn"), None);
+    }
+
+    #[test]
+    fn dead_letter_attributes_match_lambda() {
+        let delivery = Delivery {
+            target_arn: "arn:aws:sqs:us-east-1:123456789012:dlq".into(),
+            kind: DeliveryKind::DeadLetter {
+                error_message: "boom".into(),
+            },
+            body: "{}".into(),
+            request_id: "id-1".into(),
+            deduplication_id: "id-1-dlq".into(),
+        };
+        let attributes: Vec<_> = delivery
+            .attributes()
+            .into_iter()
+            .map(|a| (a.name, a.data_type, a.value))
+            .collect();
+        assert_eq!(
+            attributes,
+            [
+                ("RequestID", "String", "id-1".to_owned()),
+                ("ErrorCode", "Number", "200".to_owned()),
+                ("ErrorMessage", "String", "boom".to_owned()),
+            ]
+        );
+    }
 }

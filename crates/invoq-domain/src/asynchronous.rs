@@ -110,6 +110,21 @@ pub struct Outcome {
     pub destinations: Destinations,
     /// The function's error message, for the dead-letter queue's `ErrorMessage`.
     pub error_message: Option<String>,
+    /// What the router has done with it so far.
+    #[serde(default)]
+    pub delivery: DeliveryProgress,
+}
+
+/// The router's progress on one outcome, kept with it across retries and parking, so a
+/// retry never sends again what already arrived.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryProgress {
+    /// Delivery rounds that failed.
+    pub failed_attempts: u32,
+    /// Targets already delivered to (`on_success`, `on_failure`, `dead_letter`).
+    pub delivered: Vec<String>,
+    /// Why the last round failed.
+    pub last_error: Option<String>,
 }
 
 /// Lambda's destination invocation record (lambda-spec.md §4), field for field.

@@ -26,7 +26,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use invoq_domain::asynchronous::AsyncSettings;
-use invoq_domain::{ApiError, Location};
+use invoq_domain::{ApiError, FunctionRef, Location};
 use invoq_queue::EventQueue;
 use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
 
@@ -44,7 +44,12 @@ pub struct Frontend {
     /// Where Event invocations go; without one, Event invokes are refused.
     queue: Option<Arc<dyn EventQueue>>,
     metrics: Metrics,
+    /// Other services' counters, rendered after the frontend's own at `/metrics`.
+    extra_metrics: std::sync::Mutex<Vec<MetricsSource>>,
 }
+
+/// Renders a service's counters in Prometheus' text format.
+pub type MetricsSource = Box<dyn Fn() -> String + Send + Sync>;
 
 impl Frontend {
     /// Opens the function registry in `data_dir` and resumes deployments a restart cut short.
@@ -60,6 +65,7 @@ impl Frontend {
             runtime,
             queue,
             metrics: Metrics::default(),
+            extra_metrics: std::sync::Mutex::new(Vec::new()),
         });
         for name in frontend.store.settling() {
             tokio::spawn(frontend.clone().settle(name));
@@ -124,6 +130,7 @@ impl Frontend {
                 post(invoke::invoke_async),
             )
             .route("/invoq/queues/{queue}", get(queues::inspect))
+            .route("/invoq/parked/redrive", post(queues::redrive_parked))
             .route("/metrics", get(metrics::render))
             .fallback(http::unknown_operation)
             .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT))
@@ -201,6 +208,29 @@ impl Frontend {
             configuration::function_spec(&record, &self.location),
             settings,
         ))
+    }
+
+    /// Adds another service's counters to `/metrics`.
+    pub fn add_metrics(&self, source: MetricsSource) {
+        self.extra_metrics
+            .lock()
+            .expect("metrics sources poisoned")
+            .push(source);
+    }
+
+    /// An asynchronous invoke of the function `function_arn` names, as a function
+    /// destination receives its record.
+    pub async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+        let function = FunctionRef::parse(function_arn, None).map_err(|error| error.message)?;
+        let record = self
+            .store
+            .get(&function.name)
+            .ok_or_else(|| format!("destination function {function_arn} does not exist"))?;
+        let request_id = invoq_domain::new_request_id();
+        let invoked_arn = self.location.function_arn(&record.name);
+        self.accept_event(&request_id, &record.name, invoked_arn, event.as_bytes())
+            .await
+            .map_err(|error| error.0.message)
     }
 
     /// A stored deployment package, by hex SHA-256.

@@ -1,12 +1,16 @@
-//! `GET /invoq/queues/{queue}`: what a queue holds, without taking anything out of it. Until
-//! the router delivers them, terminal outcomes wait in `deliveries`, and this is where they
-//! can be read (`invoq` extension, not part of Lambda's API).
+//! invoq's own queue endpoints (not part of Lambda's API): `GET /invoq/queues/{queue}` shows
+//! what a queue holds without taking anything out of it (`parked` lists undeliverable
+//! outcomes), and `POST /invoq/parked/redrive` sends every parked outcome back to the router.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use bytes::Bytes;
 use invoq_domain::ApiError;
+use invoq_domain::asynchronous::Outcome;
+use invoq_queue::{DELIVERIES, PARKED, QueueItem};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -49,5 +53,47 @@ pub(crate) async fn inspect(
             "OldestAgeSeconds": stats.oldest_age.map(|age| age.as_secs_f64()),
             "Items": items,
         }),
+    ))
+}
+
+/// Moves every parked outcome back to `deliveries` with a fresh retry budget; targets it
+/// already reached are not sent again.
+pub(crate) async fn redrive_parked(State(frontend): State<Arc<Frontend>>) -> ApiResult {
+    let Some(queue) = &frontend.queue else {
+        return Err(ApiError::not_found("This invoq frontend runs without an event queue").into());
+    };
+    let storage = |error: invoq_queue::QueueError| ApiError::service(error.to_string());
+    let mut redriven = 0u64;
+    loop {
+        let leases = queue
+            .lease(PARKED, 100, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .map_err(storage)?;
+        if leases.is_empty() {
+            break;
+        }
+        for lease in leases {
+            let body = match serde_json::from_slice::<Outcome>(&lease.item.body) {
+                Ok(mut outcome) => {
+                    outcome.delivery.failed_attempts = 0;
+                    outcome.delivery.last_error = None;
+                    Bytes::from(serde_json::to_vec(&outcome).expect("outcomes serialise"))
+                }
+                Err(_) => lease.item.body.clone(),
+            };
+            let item = QueueItem {
+                id: lease.item.id.clone(),
+                body,
+            };
+            queue
+                .settle_and_enqueue(&lease, DELIVERIES, item, Duration::ZERO)
+                .await
+                .map_err(storage)?;
+            redriven += 1;
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "Redriven": redriven }),
     ))
 }

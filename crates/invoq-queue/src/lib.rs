@@ -27,6 +27,8 @@ pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 pub const INVOCATIONS: &str = "invocations";
 /// The queue the worker fills with terminal outcomes for the router.
 pub const DELIVERIES: &str = "deliveries";
+/// Where the router parks outcomes it could not deliver, until they are redriven.
+pub const PARKED: &str = "parked";
 
 /// One message: an opaque body under a stable id (the request id for invocations), which
 /// consumers use to deduplicate where delivery is at least once.

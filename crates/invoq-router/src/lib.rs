@@ -1,9 +1,311 @@
-//! invoq-router will deliver the outcomes of asynchronous invocations (lambda-spec.md §4-§5):
-//! it leases terminal outcomes from the deliveries queue, builds Lambda's invocation record,
-//! and hands it to the `OnSuccess` / `OnFailure` destination and the dead-letter queue through
-//! `invoq-adapters`, retrying with backoff and parking what it cannot deliver, never dropping.
+//! invoq-router delivers the outcomes of asynchronous invocations (lambda-spec.md §4-§5).
+//! It leases outcomes from the `deliveries` queue and sends Lambda's invocation record to
+//! the `OnSuccess` or `OnFailure` destination, and the original event to the dead-letter
+//! queue on final failure, through `invoq-adapters` (SQS, SNS, EventBridge, files) or, for a
+//! function destination, as an async invoke of that invoq function.
 //!
-//! Nothing is implemented yet, and nothing pretends to be.
+//! Unlike Lambda, it never drops a record: a round with a failed target goes back to
+//! `deliveries` with exponential backoff (scaled by `INVOQ_TIME_SCALE`), remembering which
+//! targets already have it, and after [`RouterConfig::max_attempts`] rounds the outcome is
+//! parked in the `parked` queue, from where it can be listed and redriven.
 //!
-//! Boundary: knows records and destinations by ARN; the wire protocols of SQS, SNS and
-//! EventBridge stay in `invoq-adapters`.
+//! Boundary: no wire protocol of any destination here; those are the adapters'.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use invoq_adapters::{Delivery, DeliveryKind, Destination, TargetArn};
+use invoq_domain::asynchronous::Outcome;
+use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem};
+use tokio::sync::Semaphore;
+
+/// A round of deliveries must end within this lease.
+const LEASE: Duration = Duration::from_secs(120);
+const LEASE_WAIT: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Runs a function asynchronously: how function destinations are delivered.
+#[async_trait]
+pub trait AsyncInvoker: Send + Sync + 'static {
+    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String>;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RouterConfig {
+    /// Outcomes delivered at the same time, at most.
+    pub concurrency: usize,
+    /// Failed delivery rounds before an outcome is parked.
+    pub max_attempts: u32,
+    /// Multiplies the backoff between rounds.
+    pub time_scale: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        // Backoff 1, 2, 4 ... 256, 300, 300 s: parked after about 20 minutes of trying.
+        RouterConfig {
+            concurrency: 32,
+            max_attempts: 12,
+            time_scale: 1.0,
+        }
+    }
+}
+
+/// Counters behind `/metrics`.
+#[derive(Debug, Default)]
+pub struct RouterMetrics {
+    pub delivered: AtomicU64,
+    /// Failed deliveries to OnSuccess / OnFailure destinations (Lambda's
+    /// `DestinationDeliveryFailures`).
+    pub destination_delivery_failures: AtomicU64,
+    /// Failed deliveries to dead-letter queues (Lambda's `DeadLetterErrors`).
+    pub dead_letter_errors: AtomicU64,
+    pub parked: AtomicU64,
+}
+
+impl RouterMetrics {
+    /// Prometheus text for these counters.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        for (name, help, counter) in [
+            (
+                "invoq_destination_deliveries_total",
+                "Messages delivered to destinations and dead-letter queues.",
+                &self.delivered,
+            ),
+            (
+                "invoq_destination_delivery_failures_total",
+                "Failed deliveries to OnSuccess/OnFailure destinations (DestinationDeliveryFailures).",
+                &self.destination_delivery_failures,
+            ),
+            (
+                "invoq_dead_letter_errors_total",
+                "Failed deliveries to dead-letter queues (DeadLetterErrors).",
+                &self.dead_letter_errors,
+            ),
+            (
+                "invoq_parked_total",
+                "Outcomes parked after every delivery round failed.",
+                &self.parked,
+            ),
+        ] {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        text
+    }
+}
+
+pub struct Router {
+    queue: Arc<dyn EventQueue>,
+    destinations: Arc<dyn Destination>,
+    invoker: Arc<dyn AsyncInvoker>,
+    config: RouterConfig,
+    metrics: Arc<RouterMetrics>,
+}
+
+/// One place an outcome goes.
+struct Target {
+    /// `on_success`, `on_failure` or `dead_letter`, as recorded in the outcome's progress.
+    key: &'static str,
+    arn: String,
+}
+
+impl Router {
+    pub fn new(
+        queue: Arc<dyn EventQueue>,
+        destinations: Arc<dyn Destination>,
+        invoker: Arc<dyn AsyncInvoker>,
+        config: RouterConfig,
+    ) -> Arc<Self> {
+        Arc::new(Router {
+            queue,
+            destinations,
+            invoker,
+            config,
+            metrics: Arc::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<RouterMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Leases and delivers outcomes until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        loop {
+            let Ok(first) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            let leases = match self
+                .queue
+                .lease(DELIVERIES, permits.len(), LEASE, LEASE_WAIT)
+                .await
+            {
+                Ok(leases) => leases,
+                Err(error) => {
+                    tracing::error!(%error, "cannot lease deliveries");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for (lease, permit) in leases.into_iter().zip(permits) {
+                let router = self.clone();
+                tokio::spawn(async move {
+                    router.deliver(lease).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// One delivery round for a leased outcome.
+    async fn deliver(&self, lease: Lease) {
+        let mut outcome: Outcome = match serde_json::from_slice(&lease.item.body) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(%error, id = %lease.item.id, "unreadable outcome parked");
+                self.settle(&lease, PARKED, lease.item.body.clone(), Duration::ZERO)
+                    .await;
+                return;
+            }
+        };
+        let mut failures = Vec::new();
+        for target in targets(&outcome) {
+            if outcome
+                .delivery
+                .delivered
+                .iter()
+                .any(|done| done == target.key)
+            {
+                continue;
+            }
+            match self.send(&outcome, &target).await {
+                Ok(()) => {
+                    self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+                    outcome.delivery.delivered.push(target.key.to_owned());
+                }
+                Err(error) => {
+                    let counter = if target.key == "dead_letter" {
+                        &self.metrics.dead_letter_errors
+                    } else {
+                        &self.metrics.destination_delivery_failures
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, request_id = %lease.item.id, target = %target.arn, "delivery failed");
+                    failures.push(error);
+                }
+            }
+        }
+        if failures.is_empty() {
+            if let Err(error) = self.queue.ack(&lease).await {
+                tracing::warn!(%error, request_id = %lease.item.id, "delivered, but the ack failed; it will be delivered again");
+            }
+            return;
+        }
+        outcome.delivery.failed_attempts += 1;
+        outcome.delivery.last_error = Some(failures.join("; "));
+        let body = Bytes::from(serde_json::to_vec(&outcome).expect("outcomes serialise"));
+        if outcome.delivery.failed_attempts >= self.config.max_attempts {
+            self.metrics.parked.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(request_id = %lease.item.id, "delivery gave up; outcome parked");
+            self.settle(&lease, PARKED, body, Duration::ZERO).await;
+        } else {
+            let delay = backoff(outcome.delivery.failed_attempts).mul_f64(self.config.time_scale);
+            self.settle(&lease, DELIVERIES, body, delay).await;
+        }
+    }
+
+    async fn send(&self, outcome: &Outcome, target: &Target) -> Result<(), String> {
+        let record = &outcome.record;
+        let request_id = &record.request_context.request_id;
+        let condition = record.request_context.condition;
+        let record_json = serde_json::to_string(record).expect("records serialise");
+        let is_function = TargetArn::parse(&target.arn).is_some_and(|arn| arn.service == "lambda");
+        if target.key != "dead_letter" && is_function {
+            return self.invoker.invoke_event(&target.arn, &record_json).await;
+        }
+        let (kind, body) = if target.key == "dead_letter" {
+            let error_message = outcome
+                .error_message
+                .clone()
+                .unwrap_or_else(|| format!("{condition:?}"));
+            (
+                DeliveryKind::DeadLetter { error_message },
+                original_event(outcome),
+            )
+        } else {
+            let kind = DeliveryKind::Record {
+                success: condition.is_success(),
+                function_arn: record.request_context.function_arn.clone(),
+            };
+            (kind, record_json)
+        };
+        let delivery = Delivery {
+            target_arn: target.arn.clone(),
+            kind,
+            body,
+            request_id: request_id.clone(),
+            deduplication_id: format!("{request_id}-{condition:?}-{}", target.key),
+        };
+        self.destinations
+            .deliver(&delivery)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn settle(&self, lease: &Lease, target: &str, body: Bytes, delay: Duration) {
+        let item = QueueItem {
+            id: lease.item.id.clone(),
+            body,
+        };
+        if let Err(error) = self
+            .queue
+            .settle_and_enqueue(lease, target, item, delay)
+            .await
+        {
+            tracing::warn!(%error, request_id = %lease.item.id, "outcome not re-queued; the lease will expire and the round repeat");
+        }
+    }
+}
+
+/// Where an outcome goes: OnSuccess on success; OnFailure and the dead-letter queue (both,
+/// when both are set) on failure.
+fn targets(outcome: &Outcome) -> Vec<Target> {
+    let destinations = &outcome.destinations;
+    let candidates = if outcome.record.request_context.condition.is_success() {
+        vec![("on_success", &destinations.on_success)]
+    } else {
+        vec![
+            ("on_failure", &destinations.on_failure),
+            ("dead_letter", &destinations.dead_letter),
+        ]
+    };
+    candidates
+        .into_iter()
+        .filter_map(|(key, arn)| arn.clone().map(|arn| Target { key, arn }))
+        .collect()
+}
+
+/// The event as the caller sent it: the dead-letter message body.
+fn original_event(outcome: &Outcome) -> String {
+    match &outcome.record.request_payload {
+        serde_json::Value::String(text) => text.clone(),
+        payload => payload.to_string(),
+    }
+}
+
+/// 1 s, 2 s, 4 s ... up to 5 minutes.
+fn backoff(failed_attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << failed_attempts.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+}

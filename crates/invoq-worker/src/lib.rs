@@ -285,6 +285,7 @@ fn outcome(
         },
         destinations: target.settings.destinations.clone(),
         error_message,
+        delivery: Default::default(),
     }
 }
 

@@ -13,6 +13,7 @@ use invoq_domain::Location;
 use invoq_frontend::Frontend;
 use invoq_queue::grpc::QueueGrpcServer;
 use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue};
+use invoq_router::{AsyncInvoker, Router, RouterConfig};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
 use invoq_runtime::{LocalRuntime, RuntimeError, RuntimeService};
 use invoq_worker::policy::RetryPolicy;
@@ -58,6 +59,18 @@ enum Command {
         )]
         runtime_addr: String,
     },
+    /// List or redrive outcomes the router could not deliver, on a running invoq.
+    Parked {
+        #[command(subcommand)]
+        action: ParkedAction,
+        /// The running invoq's API.
+        #[arg(
+            long,
+            env = "INVOQ_ENDPOINT_URL",
+            default_value = "http://127.0.0.1:9001"
+        )]
+        endpoint_url: String,
+    },
     /// Run only the runtime service (function processes and builtins), over gRPC.
     Runtime {
         #[command(flatten)]
@@ -81,8 +94,20 @@ struct HttpArgs {
     region: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum ParkedAction {
+    /// Print the parked outcomes (JSON).
+    List,
+    /// Send every parked outcome back to the router.
+    Redrive,
+}
+
 #[derive(Debug, Args)]
 struct AsyncArgs {
+    /// Destination adapters: `file` (JSON lines in <data-dir>/destinations) or `aws` (SQS,
+    /// SNS, EventBridge through the standard AWS environment: AWS, LocalStack, moto).
+    #[arg(long, env = "INVOQ_DESTINATIONS", default_value = "file")]
+    destinations: String,
     /// Where queued events live: embedded (on disk in the data dir) or memory.
     #[arg(long, env = "INVOQ_QUEUE", default_value = "embedded")]
     queue: QueueBackend,
@@ -144,8 +169,39 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             let directory = Arc::new(RegistryDirectory(frontend.clone()));
-            tokio::spawn(Worker::new(queue, runtime, directory, worker_config).run());
+            tokio::spawn(Worker::new(queue.clone(), runtime, directory, worker_config).run());
+            let destinations =
+                invoq_adapters::from_setting(&asynchronous.destinations, &common.data_dir).await?;
+            let router_config = RouterConfig {
+                time_scale: asynchronous.time_scale,
+                ..RouterConfig::default()
+            };
+            let invoker = Arc::new(RegistryInvoker(frontend.clone()));
+            let router = Router::new(queue, destinations, invoker, router_config);
+            let router_metrics = router.metrics();
+            frontend.add_metrics(Box::new(move || router_metrics.render()));
+            tokio::spawn(router.run());
             serve_http(http.http_addr, frontend).await
+        }
+        Command::Parked {
+            action,
+            endpoint_url,
+        } => {
+            let client = reqwest::Client::new();
+            let base = endpoint_url.trim_end_matches('/');
+            let response = match action {
+                ParkedAction::List => client
+                    .get(format!("{base}/invoq/queues/parked?MaxItems=10000"))
+                    .send(),
+                ParkedAction::Redrive => client.post(format!("{base}/invoq/parked/redrive")).send(),
+            }
+            .await
+            .with_context(|| format!("cannot reach invoq at {base}"))?;
+            let status = response.status();
+            let body = response.text().await?;
+            println!("{body}");
+            anyhow::ensure!(status.is_success(), "invoq answered {status}");
+            Ok(())
         }
         Command::Frontend {
             http,
@@ -207,6 +263,16 @@ fn open_queue(args: &AsyncArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Event
         QueueBackend::Memory => EmbeddedQueue::in_memory(options)?,
     };
     Ok(Arc::new(queue))
+}
+
+/// Function destinations: the router invokes them asynchronously through the frontend.
+struct RegistryInvoker(Arc<Frontend>);
+
+#[async_trait::async_trait]
+impl AsyncInvoker for RegistryInvoker {
+    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+        self.0.invoke_event(function_arn, event).await
+    }
 }
 
 /// The function registry, as the retry worker sees it.

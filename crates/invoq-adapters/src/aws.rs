@@ -1,0 +1,245 @@
+//! SQS, SNS and EventBridge destinations through the AWS SDKs (`INVOQ_DESTINATIONS=aws`).
+//!
+//! Configuration is the standard AWS environment read once by aws-config (endpoint,
+//! credentials); each delivery's region comes from its target ARN, and an SQS queue's URL is
+//! looked up by name and owning account, so a destination like
+//! `arn:aws:sqs:us-east-2:123456789012:destination` works wherever it lives.
+//!
+//! Lambda's own deliveries carry no message attributes; invoq adds `RequestID` to every SQS
+//! and SNS message, and derives `MessageGroupId` / `MessageDeduplicationId` for FIFO targets,
+//! so at-least-once delivery can be deduplicated by consumers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::{Attribute, Delivery, DeliveryError, DeliveryKind, Destination, TargetArn};
+
+const SUCCESS_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Success";
+const FAILURE_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Failure";
+
+pub struct AwsDestinations {
+    config: SdkConfig,
+    clients: Mutex<HashMap<String, RegionClients>>,
+    /// Queue URLs by queue ARN.
+    queue_urls: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Clone)]
+struct RegionClients {
+    sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
+    eventbridge: aws_sdk_eventbridge::Client,
+}
+
+impl AwsDestinations {
+    /// Reads the standard AWS environment (endpoint, region, credentials).
+    pub async fn from_env() -> Self {
+        Self::new(aws_config::defaults(BehaviorVersion::latest()).load().await)
+    }
+
+    pub fn new(config: SdkConfig) -> Self {
+        AwsDestinations {
+            config,
+            clients: Mutex::new(HashMap::new()),
+            queue_urls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn clients(&self, region: &str) -> RegionClients {
+        let mut clients = self.clients.lock().expect("aws clients poisoned");
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let sqs = aws_sdk_sqs::config::Builder::from(&self.config)
+                    .region(aws_sdk_sqs::config::Region::new(region.to_owned()))
+                    .build();
+                let sns = aws_sdk_sns::config::Builder::from(&self.config)
+                    .region(aws_sdk_sns::config::Region::new(region.to_owned()))
+                    .build();
+                let eventbridge = aws_sdk_eventbridge::config::Builder::from(&self.config)
+                    .region(aws_sdk_eventbridge::config::Region::new(region.to_owned()))
+                    .build();
+                RegionClients {
+                    sqs: aws_sdk_sqs::Client::from_conf(sqs),
+                    sns: aws_sdk_sns::Client::from_conf(sns),
+                    eventbridge: aws_sdk_eventbridge::Client::from_conf(eventbridge),
+                }
+            })
+            .clone()
+    }
+
+    async fn queue_url(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        arn: &TargetArn<'_>,
+        target: &str,
+    ) -> Result<String, DeliveryError> {
+        if let Some(url) = self
+            .queue_urls
+            .lock()
+            .expect("queue urls poisoned")
+            .get(target)
+        {
+            return Ok(url.clone());
+        }
+        let mut request = sqs.get_queue_url().queue_name(arn.resource);
+        if !arn.account.is_empty() {
+            request = request.queue_owner_aws_account_id(arn.account);
+        }
+        let output = request
+            .send()
+            .await
+            .map_err(|error| failed(target, error))?;
+        let url = output
+            .queue_url()
+            .ok_or_else(|| DeliveryError::failed(target, "no queue url returned"))?
+            .to_owned();
+        self.queue_urls
+            .lock()
+            .expect("queue urls poisoned")
+            .insert(target.to_owned(), url.clone());
+        Ok(url)
+    }
+
+    async fn send_to_queue(
+        &self,
+        arn: &TargetArn<'_>,
+        delivery: &Delivery,
+    ) -> Result<(), DeliveryError> {
+        let target = &delivery.target_arn;
+        let sqs = self.clients(arn.region).sqs;
+        let queue_url = self.queue_url(&sqs, arn, target).await?;
+        let mut request = sqs
+            .send_message()
+            .queue_url(&queue_url)
+            .message_body(&delivery.body);
+        for attribute in delivery.attributes() {
+            request =
+                request.message_attributes(attribute.name, sqs_attribute(&attribute, target)?);
+        }
+        if arn.resource.ends_with(".fifo") {
+            request = request
+                .message_group_id(&delivery.request_id)
+                .message_deduplication_id(&delivery.deduplication_id);
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // The queue may have been deleted and recreated under a new URL.
+                self.queue_urls
+                    .lock()
+                    .expect("queue urls poisoned")
+                    .remove(target);
+                Err(failed(target, error))
+            }
+        }
+    }
+
+    async fn publish(&self, arn: &TargetArn<'_>, delivery: &Delivery) -> Result<(), DeliveryError> {
+        let target = &delivery.target_arn;
+        let sns = self.clients(arn.region).sns;
+        let mut request = sns.publish().topic_arn(target).message(&delivery.body);
+        for attribute in delivery.attributes() {
+            let value = aws_sdk_sns::types::MessageAttributeValue::builder()
+                .data_type(attribute.data_type)
+                .string_value(&attribute.value)
+                .build()
+                .map_err(|error| failed(target, error))?;
+            request = request.message_attributes(attribute.name, value);
+        }
+        if arn.resource.ends_with(".fifo") {
+            request = request
+                .message_group_id(&delivery.request_id)
+                .message_deduplication_id(&delivery.deduplication_id);
+        }
+        request
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| failed(target, error))
+    }
+
+    async fn put_event(
+        &self,
+        arn: &TargetArn<'_>,
+        delivery: &Delivery,
+    ) -> Result<(), DeliveryError> {
+        let target = &delivery.target_arn;
+        let DeliveryKind::Record {
+            success,
+            function_arn,
+        } = &delivery.kind
+        else {
+            return Err(DeliveryError::Unsupported(target.clone()));
+        };
+        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .source("lambda")
+            .detail_type(if *success {
+                SUCCESS_DETAIL_TYPE
+            } else {
+                FAILURE_DETAIL_TYPE
+            })
+            .detail(&delivery.body)
+            .event_bus_name(target)
+            .resources(target)
+            .resources(function_arn)
+            .build();
+        let eventbridge = self.clients(arn.region).eventbridge;
+        let output = eventbridge
+            .put_events()
+            .entries(entry)
+            .send()
+            .await
+            .map_err(|error| failed(target, error))?;
+        if output.failed_entry_count() > 0 {
+            let reason = output
+                .entries()
+                .iter()
+                .find_map(|entry| entry.error_message())
+                .unwrap_or("entry rejected");
+            return Err(DeliveryError::failed(target, reason));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Destination for AwsDestinations {
+    async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError> {
+        let target = &delivery.target_arn;
+        let arn =
+            TargetArn::parse(target).ok_or_else(|| DeliveryError::Unsupported(target.clone()))?;
+        match arn.service {
+            "sqs" => self.send_to_queue(&arn, delivery).await,
+            "sns" => self.publish(&arn, delivery).await,
+            "events" => self.put_event(&arn, delivery).await,
+            _ => Err(DeliveryError::Unsupported(target.clone())),
+        }
+    }
+}
+
+fn sqs_attribute(
+    attribute: &Attribute,
+    target: &str,
+) -> Result<aws_sdk_sqs::types::MessageAttributeValue, DeliveryError> {
+    aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type(attribute.data_type)
+        .string_value(&attribute.value)
+        .build()
+        .map_err(|error| failed(target, error))
+}
+
+/// SDK errors print only their kind by default; the source chain says what went wrong.
+fn failed(target: &str, error: impl std::error::Error) -> DeliveryError {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    DeliveryError::failed(target, message)
+}
