@@ -43,15 +43,33 @@ pub(crate) async fn render(State(frontend): State<Arc<Frontend>>) -> String {
             "invoq_invocations_total{{type=\"RequestResponse\",result=\"{result}\"}} {value}"
         );
     }
-    let _ = writeln!(
-        text,
-        "# HELP invoq_throttles_total Invocations refused with 429."
+    counter(
+        &mut text,
+        "invoq_events_accepted_total",
+        "Event invocations accepted (202).",
+        &metrics.events_accepted,
     );
-    let _ = writeln!(text, "# TYPE invoq_throttles_total counter");
-    let _ = writeln!(
-        text,
-        "invoq_throttles_total {}",
-        metrics.throttles.load(Ordering::Relaxed)
+    counter(
+        &mut text,
+        "invoq_throttles_total",
+        "Invocations refused with 429.",
+        &metrics.throttles,
     );
+    for source in frontend
+        .extra_metrics
+        .lock()
+        .expect("metrics sources poisoned")
+        .iter()
+    {
+        text.push_str(&source());
+    }
     text
+}
+
+fn counter(text: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    let value = value.load(Ordering::Relaxed);
+    let _ = writeln!(
+        text,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
 }

@@ -66,6 +66,7 @@ enum Command {
         /// The running invoq's API.
         #[arg(
             long,
+            global = true,
             env = "INVOQ_ENDPOINT_URL",
             default_value = "http://127.0.0.1:9001"
         )]

@@ -197,3 +197,58 @@ pub(crate) async fn create_builtin(client: &Client, name: &str, handler: &str) {
 pub(crate) fn data_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary data dir")
 }
+
+/// A moto server (PyPI `moto[server]`), the real HTTP stand-in for SQS, SNS and EventBridge,
+/// on a free loopback port. Killed when dropped.
+pub(crate) struct Moto {
+    child: Child,
+    pub(crate) endpoint: String,
+}
+
+impl Moto {
+    pub(crate) fn start() -> Self {
+        let binary = std::env::var("INVOQ_MOTO_SERVER").unwrap_or_else(|_| {
+            format!("{}/../../.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR"))
+        });
+        assert!(
+            Path::new(&binary).exists(),
+            "moto server not found at {binary}: run the tests with `cargo xtask test`, which installs it"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Moto { child, endpoint };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("moto server did not start on port {port}");
+    }
+
+    /// SDK configuration for moto: test credentials, never instance metadata.
+    pub(crate) async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "invoq-tests"))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,6 +3,7 @@
 
 mod asynchronous;
 mod control_plane;
+mod destinations;
 mod harness;
 mod invoke;
 mod runtimes;
