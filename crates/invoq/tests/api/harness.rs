@@ -225,10 +225,14 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto server");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // Owned by the guard from here on, so a failed start still kills it.
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Moto { child, endpoint };
+                return moto;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
