@@ -1,6 +1,7 @@
 //! Integration tests: the real `invoq` binary, driven by the official aws-sdk-lambda client
 //! and raw HTTP. One test binary, so the SDK is linked once.
 
+mod adapters;
 mod asynchronous;
 mod control_plane;
 mod destinations;
