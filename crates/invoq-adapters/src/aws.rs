@@ -35,9 +35,19 @@ struct RegionClients {
 }
 
 impl AwsDestinations {
-    /// Reads the standard AWS environment (endpoint, region, credentials).
+    /// Reads the standard AWS environment (endpoint, credentials). Every delivery takes its
+    /// region from the target ARN, so the default region comes from `AWS_REGION` /
+    /// `AWS_DEFAULT_REGION` only and is never looked up on the instance-metadata service.
     pub async fn from_env() -> Self {
-        Self::new(aws_config::defaults(BehaviorVersion::latest()).load().await)
+        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok().filter(|region| !region.is_empty()))
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(region))
+            .load()
+            .await;
+        Self::new(config)
     }
 
     pub fn new(config: SdkConfig) -> Self {

@@ -1,29 +1,44 @@
 //! File destinations (`INVOQ_DESTINATIONS=file`): each message becomes one JSON line in
 //! `<root>/<service>/<resource-name>.jsonl`, e.g. `sqs/orders-success.jsonl`. Records are
-//! written as they are; dead-letter messages as `{"body", "messageAttributes"}`. Every line
-//! is fsynced before the delivery counts as done.
+//! written as they are; dead-letter messages as `{"body", "messageAttributes"}`.
+//!
+//! A delivery counts as done only once its line is fsynced. One writer thread appends every
+//! line pending at the moment and fsyncs each touched file once (group commit), so concurrent
+//! deliveries share an fsync instead of queueing for one each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{Delivery, DeliveryError, DeliveryKind, Destination, TargetArn};
 
+/// Lines written under one fsync at most.
+const MAX_BATCH: usize = 1024;
+
 pub struct FileDestinations {
     root: PathBuf,
-    /// One append at a time, so concurrent lines never interleave.
-    writing: tokio::sync::Mutex<()>,
+    lines: mpsc::UnboundedSender<PendingLine>,
+}
+
+struct PendingLine {
+    path: PathBuf,
+    line: String,
+    done: oneshot::Sender<Result<(), String>>,
 }
 
 impl FileDestinations {
     pub fn new(root: PathBuf) -> Self {
-        FileDestinations {
-            root,
-            writing: tokio::sync::Mutex::new(()),
-        }
+        let (lines, receiver) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("invoq-file-destinations".into())
+            .spawn(move || write_lines(receiver))
+            .expect("spawn the file destination writer");
+        FileDestinations { root, lines }
     }
 
     /// The file a target's lines go to.
@@ -41,14 +56,13 @@ impl FileDestinations {
 impl Destination for FileDestinations {
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
+        let supported = matches!(
+            TargetArn::parse(target).map(|arn| arn.service),
+            Some("sqs" | "sns" | "events")
+        );
         let path = self
             .path_of(target)
-            .filter(|_| {
-                matches!(
-                    TargetArn::parse(target).map(|a| a.service),
-                    Some("sqs" | "sns" | "events")
-                )
-            })
+            .filter(|_| supported)
             .ok_or_else(|| DeliveryError::Unsupported(target.clone()))?;
         let line = match &delivery.kind {
             DeliveryKind::Record { .. } => delivery.body.clone(),
@@ -66,20 +80,52 @@ impl Destination for FileDestinations {
                 json!({ "body": delivery.body, "messageAttributes": attributes }).to_string()
             }
         };
-        let _writing = self.writing.lock().await;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            file.write_all(format!("{line}\n").as_bytes())?;
-            file.sync_data()
-        })
-        .await
-        .map_err(|error| DeliveryError::failed(target, error))?
-        .map_err(|error| DeliveryError::failed(target, error))
+        let (done, written) = oneshot::channel();
+        self.lines
+            .send(PendingLine { path, line, done })
+            .map_err(|_| DeliveryError::failed(target, "file writer stopped"))?;
+        written
+            .await
+            .map_err(|_| DeliveryError::failed(target, "file writer stopped"))?
+            .map_err(|error| DeliveryError::failed(target, error))
     }
+}
+
+/// The writer thread: appends batches of lines, one fsync per file per batch.
+fn write_lines(mut receiver: mpsc::UnboundedReceiver<PendingLine>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(_) => break,
+            }
+        }
+        let mut by_file: HashMap<PathBuf, Vec<PendingLine>> = HashMap::new();
+        for line in batch {
+            by_file.entry(line.path.clone()).or_default().push(line);
+        }
+        for (path, lines) in by_file {
+            let text: String = lines
+                .iter()
+                .map(|pending| format!("{}\n", pending.line))
+                .collect();
+            let result = append_durably(&path, text.as_bytes()).map_err(|error| error.to_string());
+            for pending in lines {
+                let _ = pending.done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn append_durably(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file: File = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
 }
