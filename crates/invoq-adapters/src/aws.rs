@@ -35,19 +35,9 @@ struct RegionClients {
 }
 
 impl AwsDestinations {
-    /// Reads the standard AWS environment (endpoint, credentials). Every delivery takes its
-    /// region from the target ARN, so the default region comes from `AWS_REGION` /
-    /// `AWS_DEFAULT_REGION` only and is never looked up on the instance-metadata service.
+    /// Reads the standard AWS environment; see [`sdk_config_from_env`].
     pub async fn from_env() -> Self {
-        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-            .into_iter()
-            .find_map(|name| std::env::var(name).ok().filter(|region| !region.is_empty()))
-            .unwrap_or_else(|| "us-east-1".to_owned());
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(region))
-            .load()
-            .await;
-        Self::new(config)
+        Self::new(sdk_config_from_env().await)
     }
 
     pub fn new(config: SdkConfig) -> Self {
@@ -229,6 +219,20 @@ impl Destination for AwsDestinations {
             _ => Err(DeliveryError::Unsupported(target.clone())),
         }
     }
+}
+
+/// The standard AWS environment (endpoint, credentials) for clients that take each call's
+/// region from an ARN: the default region comes from `AWS_REGION` / `AWS_DEFAULT_REGION` only
+/// and is never looked up on the instance-metadata service.
+pub async fn sdk_config_from_env() -> SdkConfig {
+    let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|region| !region.is_empty()))
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .load()
+        .await
 }
 
 fn sqs_attribute(

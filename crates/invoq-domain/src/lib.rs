@@ -7,6 +7,7 @@
 
 pub mod asynchronous;
 mod error;
+pub mod event_source;
 mod function_ref;
 pub mod limits;
 

@@ -230,7 +230,7 @@ impl FunctionStore {
     }
 }
 
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let temporary = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut file = File::create(&temporary)?;
     file.write_all(contents)?;
@@ -242,7 +242,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn storage_error(error: std::io::Error) -> ApiError {
+pub(crate) fn storage_error(error: std::io::Error) -> ApiError {
     tracing::error!(%error, "function store i/o failed");
     ApiError::service(format!("invoq could not store the change: {error}"))
 }

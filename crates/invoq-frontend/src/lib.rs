@@ -11,6 +11,7 @@
 
 mod configuration;
 mod event_invoke_config;
+mod event_source_mappings;
 mod function_store;
 mod functions;
 mod http;
@@ -30,6 +31,7 @@ use invoq_domain::{ApiError, FunctionRef, Location};
 use invoq_queue::EventQueue;
 use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
 
+pub use crate::event_source_mappings::EventSourceChecker;
 use crate::function_store::{FunctionState, FunctionStore, UpdateStatus};
 use crate::metrics::Metrics;
 
@@ -44,6 +46,8 @@ pub struct Frontend {
     /// Where Event invocations go; without one, Event invokes are refused.
     queue: Option<Arc<dyn EventQueue>>,
     metrics: Metrics,
+    mappings: event_source_mappings::MappingStore,
+    event_source_checker: std::sync::OnceLock<Arc<dyn EventSourceChecker>>,
     /// Other services' counters, rendered after the frontend's own at `/metrics`.
     extra_metrics: std::sync::Mutex<Vec<MetricsSource>>,
 }
@@ -62,6 +66,8 @@ impl Frontend {
         let frontend = Arc::new(Frontend {
             location,
             store: FunctionStore::open(data_dir)?,
+            mappings: event_source_mappings::MappingStore::open(data_dir)?,
+            event_source_checker: std::sync::OnceLock::new(),
             runtime,
             queue,
             metrics: Metrics::default(),
@@ -128,6 +134,20 @@ impl Frontend {
             .route(
                 "/2014-11-13/functions/{function_name}/invoke-async/",
                 post(invoke::invoke_async),
+            )
+            .route(
+                "/2015-03-31/event-source-mappings",
+                post(event_source_mappings::create).get(event_source_mappings::list),
+            )
+            .route(
+                "/2015-03-31/event-source-mappings/",
+                post(event_source_mappings::create).get(event_source_mappings::list),
+            )
+            .route(
+                "/2015-03-31/event-source-mappings/{uuid}",
+                get(event_source_mappings::get)
+                    .put(event_source_mappings::update)
+                    .delete(event_source_mappings::delete),
             )
             .route("/invoq/queues/{queue}", get(queues::inspect))
             .route("/invoq/parked/redrive", post(queues::redrive_parked))

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use invoq_domain::Location;
 use invoq_frontend::Frontend;
+use invoq_pollers::{Pollers, SqsSourceChecker};
 use invoq_queue::grpc::QueueGrpcServer;
 use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue};
 use invoq_router::{AsyncInvoker, Router, RouterConfig};
@@ -170,7 +171,17 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             let directory = Arc::new(RegistryDirectory(frontend.clone()));
-            tokio::spawn(Worker::new(queue.clone(), runtime, directory, worker_config).run());
+            let worker = Worker::new(
+                queue.clone(),
+                runtime.clone(),
+                directory.clone(),
+                worker_config,
+            );
+            tokio::spawn(worker.run());
+            let sqs_config = invoq_adapters::aws::sdk_config_from_env().await;
+            frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(sqs_config.clone())));
+            let pollers = Pollers::new(sqs_config, runtime, directory, queue.clone());
+            tokio::spawn(pollers.run(frontend.subscribe_mappings()));
             let destinations =
                 invoq_adapters::from_setting(&asynchronous.destinations, &common.data_dir).await?;
             let router_config = RouterConfig {

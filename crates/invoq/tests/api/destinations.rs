@@ -3,7 +3,6 @@
 //! messages carry Lambda's attributes, function destinations run, and a destination that is
 //! missing loses nothing.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_lambda::Client;
@@ -11,10 +10,10 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{
     DeadLetterConfig, DestinationConfig, InvocationType, OnFailure, OnSuccess,
 };
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 
-use crate::harness::{Invoq, Moto, create_builtin, data_dir};
+use crate::harness::{Invoq, Moto, Queues, create_builtin, data_dir, string_attribute};
 
 /// moto's account.
 const ACCOUNT: &str = "123456789012";
@@ -31,74 +30,6 @@ fn serve_with(moto: &Moto, data: &std::path::Path, time_scale: &str) -> Invoq {
         ("INVOQ_TIME_SCALE", time_scale),
     ];
     Invoq::start(&["serve", "--http-addr", "127.0.0.1:0"], data, &env, 1)
-}
-
-struct Queues {
-    sqs: aws_sdk_sqs::Client,
-}
-
-/// A message as a consumer sees it: body and string attributes.
-#[derive(Debug)]
-struct Message {
-    body: String,
-    attributes: HashMap<String, MessageAttributeValue>,
-}
-
-impl Queues {
-    async fn new(moto: &Moto) -> Self {
-        Queues {
-            sqs: aws_sdk_sqs::Client::new(&moto.sdk_config().await),
-        }
-    }
-
-    async fn create(&self, name: &str) -> String {
-        let output = self
-            .sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .expect("create queue");
-        output.queue_url().expect("queue url").to_owned()
-    }
-
-    /// Waits for `count` messages on the queue.
-    async fn receive(&self, url: &str, count: usize) -> Vec<Message> {
-        let mut messages = Vec::new();
-        for _ in 0..40 {
-            let output = self
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .expect("receive");
-            for message in output.messages() {
-                messages.push(Message {
-                    body: message.body().unwrap_or_default().to_owned(),
-                    attributes: message.message_attributes().cloned().unwrap_or_default(),
-                });
-            }
-            if messages.len() >= count {
-                return messages;
-            }
-        }
-        panic!("expected {count} messages on {url}, got {messages:?}");
-    }
-}
-
-fn string_attribute(message: &Message, name: &str) -> (String, String) {
-    let value = message
-        .attributes
-        .get(name)
-        .unwrap_or_else(|| panic!("attribute {name}: {message:?}"));
-    (
-        value.data_type().to_owned(),
-        value.string_value().unwrap_or_default().to_owned(),
-    )
 }
 
 async fn configure(

@@ -131,6 +131,11 @@ fn repository_file(path: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
+/// The SQS batch handler fixture (Python), zipped.
+pub(crate) fn sqs_batch_zip() -> Vec<u8> {
+    bootstrap_zip(&repository_file("tests/api/fixtures/sqs-batch-bootstrap"))
+}
+
 /// `examples/shell-echo/bootstrap`, zipped.
 pub(crate) fn shell_echo_zip() -> Vec<u8> {
     bootstrap_zip(&repository_file("../../examples/shell-echo/bootstrap"))
@@ -255,4 +260,73 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub(crate) struct Queues {
+    pub(crate) sqs: aws_sdk_sqs::Client,
+}
+
+/// A message as a consumer sees it: body and string attributes.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) body: String,
+    pub(crate) attributes:
+        std::collections::HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>,
+}
+
+impl Queues {
+    pub(crate) async fn new(moto: &Moto) -> Self {
+        Queues {
+            sqs: aws_sdk_sqs::Client::new(&moto.sdk_config().await),
+        }
+    }
+
+    pub(crate) async fn create(&self, name: &str) -> String {
+        let output = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("create queue");
+        output.queue_url().expect("queue url").to_owned()
+    }
+
+    /// Waits for `count` messages on the queue.
+    pub(crate) async fn receive(&self, url: &str, count: usize) -> Vec<Message> {
+        let mut messages = Vec::new();
+        for _ in 0..40 {
+            let output = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("receive");
+            for message in output.messages() {
+                messages.push(Message {
+                    body: message.body().unwrap_or_default().to_owned(),
+                    attributes: message.message_attributes().cloned().unwrap_or_default(),
+                });
+            }
+            if messages.len() >= count {
+                return messages;
+            }
+        }
+        panic!("expected {count} messages on {url}, got {messages:?}");
+    }
+}
+
+pub(crate) fn string_attribute(message: &Message, name: &str) -> (String, String) {
+    let value = message
+        .attributes
+        .get(name)
+        .unwrap_or_else(|| panic!("attribute {name}: {message:?}"));
+    (
+        value.data_type().to_owned(),
+        value.string_value().unwrap_or_default().to_owned(),
+    )
 }

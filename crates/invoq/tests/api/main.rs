@@ -5,6 +5,7 @@ mod adapters;
 mod asynchronous;
 mod control_plane;
 mod destinations;
+mod event_sources;
 mod harness;
 mod invoke;
 mod runtimes;
