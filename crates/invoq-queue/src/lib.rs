@@ -13,6 +13,7 @@
 //!
 //! Boundary: bytes, ids, delays and leases; nothing of Lambda.
 
+mod consumer;
 mod embedded;
 pub mod grpc;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use consumer::consume;
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 
 /// The queue the frontend fills with accepted Event invocations.

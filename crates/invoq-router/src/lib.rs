@@ -20,11 +20,9 @@ use bytes::Bytes;
 use invoq_adapters::{Delivery, DeliveryKind, Destination, TargetArn};
 use invoq_domain::asynchronous::Outcome;
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem};
-use tokio::sync::Semaphore;
 
 /// A round of deliveries must end within this lease.
 const LEASE: Duration = Duration::from_secs(120);
-const LEASE_WAIT: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Runs a function asynchronously: how function destinations are delivered.
@@ -138,37 +136,14 @@ impl Router {
 
     /// Leases and delivers outcomes until the process ends.
     pub async fn run(self: Arc<Self>) {
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        loop {
-            let Ok(first) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let mut permits = vec![first];
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
-            let leases = match self
-                .queue
-                .lease(DELIVERIES, permits.len(), LEASE, LEASE_WAIT)
-                .await
-            {
-                Ok(leases) => leases,
-                Err(error) => {
-                    tracing::error!(%error, "cannot lease deliveries");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            for (lease, permit) in leases.into_iter().zip(permits) {
-                let router = self.clone();
-                tokio::spawn(async move {
-                    router.deliver(lease).await;
-                    drop(permit);
-                });
-            }
-        }
+        let concurrency = self.config.concurrency;
+        let queue = self.queue.clone();
+        invoq_queue::consume(queue, DELIVERIES, concurrency, LEASE, move |lease| {
+            let router = self.clone();
+            async move { router.deliver(lease).await }
+        })
+        .await;
     }
-
     /// One delivery round for a leased outcome.
     async fn deliver(&self, lease: Lease) {
         let mut outcome: Outcome = match serde_json::from_slice(&lease.item.body) {

@@ -26,7 +26,6 @@ use invoq_domain::asynchronous::{
 use invoq_queue::{DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueItem};
 use invoq_runtime::{FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
@@ -37,8 +36,6 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// The lease taken before the function's timeout is known; it is extended to the timeout
 /// plus [`LEASE_MARGIN`] right after.
 const INITIAL_LEASE: Duration = Duration::from_secs(10);
-/// How long one lease call waits for work.
-const LEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// A function as an event should run now, with its async settings.
 #[derive(Clone, Debug)]
@@ -88,37 +85,20 @@ impl Worker {
 
     /// Leases and runs events until the process ends.
     pub async fn run(self: Arc<Self>) {
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        loop {
-            let Ok(first) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let mut permits = vec![first];
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
-            let leases = match self
-                .queue
-                .lease(INVOCATIONS, permits.len(), INITIAL_LEASE, LEASE_WAIT)
-                .await
-            {
-                Ok(leases) => leases,
-                Err(error) => {
-                    tracing::error!(%error, "cannot lease invocations");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            for (lease, permit) in leases.into_iter().zip(permits) {
+        let concurrency = self.config.concurrency;
+        let queue = self.queue.clone();
+        invoq_queue::consume(
+            queue,
+            INVOCATIONS,
+            concurrency,
+            INITIAL_LEASE,
+            move |lease| {
                 let worker = self.clone();
-                tokio::spawn(async move {
-                    worker.process(lease).await;
-                    drop(permit);
-                });
-            }
-        }
+                async move { worker.process(lease).await }
+            },
+        )
+        .await;
     }
-
     /// Runs one attempt of a leased event and settles the lease.
     async fn process(&self, lease: Lease) {
         let mut event: QueuedInvocation = match serde_json::from_slice(&lease.item.body) {
