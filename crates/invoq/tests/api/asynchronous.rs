@@ -19,7 +19,7 @@ const TIME_SCALE: &str = "0.01";
 fn serve_scaled(data: &std::path::Path, extra: &[(&str, &str)]) -> Invoq {
     let mut env = vec![("INVOQ_TIME_SCALE", TIME_SCALE)];
     env.extend_from_slice(extra);
-    Invoq::start(&["serve", "--http-addr", "127.0.0.1:0"], data, &env, 1)
+    Invoq::serve_with(data, &env)
 }
 
 async fn invoke_event(client: &Client, function: &str, payload: &str) -> String {

@@ -13,23 +13,13 @@ use aws_sdk_lambda::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 
-use crate::harness::{Invoq, Moto, Queues, create_builtin, data_dir, string_attribute};
+use crate::harness::{Moto, Queues, create_builtin, data_dir, string_attribute};
 
 /// moto's account.
 const ACCOUNT: &str = "123456789012";
 
 fn arn(service: &str, resource: &str) -> String {
     format!("arn:aws:{service}:us-east-1:{ACCOUNT}:{resource}")
-}
-
-/// `invoq serve` delivering through the AWS SDKs to moto.
-fn serve_with(moto: &Moto, data: &std::path::Path, time_scale: &str) -> Invoq {
-    let env = [
-        ("INVOQ_DESTINATIONS", "aws"),
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-        ("INVOQ_TIME_SCALE", time_scale),
-    ];
-    Invoq::start(&["serve", "--http-addr", "127.0.0.1:0"], data, &env, 1)
 }
 
 async fn configure(
@@ -121,7 +111,7 @@ async fn records_reach_sqs_sns_and_eventbridge_and_the_dlq_gets_the_event() {
         .unwrap();
 
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path(), "0.01");
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "orders", "echo").await;
     configure(
@@ -223,7 +213,7 @@ async fn a_function_destination_runs_with_the_record_as_its_event() {
     let queues = Queues::new(&moto).await;
     let final_url = queues.create("chain-end").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path(), "0.01");
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "first", "echo").await;
     create_builtin(&client, "second", "echo").await;
@@ -258,7 +248,7 @@ async fn a_missing_destination_loses_nothing() {
     let queues = Queues::new(&moto).await;
     let data = data_dir();
     // Backoff 1 s, 2 s ... 300 s scaled to 10 ms ... 3 s.
-    let invoq = serve_with(&moto, data.path(), "0.01");
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "early", "echo").await;
     configure(&client, "early", 0, Some(arn("sqs", "late-queue")), None).await;
@@ -289,7 +279,7 @@ async fn parked_records_are_listed_and_redriven_with_the_cli() {
     let queues = Queues::new(&moto).await;
     let data = data_dir();
     // About 20 minutes of retries scaled down to about a second, then parked.
-    let invoq = serve_with(&moto, data.path(), "0.001");
+    let invoq = moto.serve_invoq(data.path(), "0.001");
     let client = invoq.client();
     create_builtin(&client, "stranded", "echo").await;
     configure(&client, "stranded", 0, Some(arn("sqs", "not-yet")), None).await;

@@ -12,21 +12,10 @@ use aws_sdk_lambda::types::{
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use serde_json::{Value, json};
 
-use crate::harness::{
-    Invoq, Moto, Queues, create_builtin, create_function, data_dir, sqs_batch_zip,
-};
+use crate::harness::{Moto, Queues, create_builtin, create_function, data_dir, sqs_batch_zip};
 
 fn queue_arn(name: &str) -> String {
     format!("arn:aws:sqs:us-east-1:123456789012:{name}")
-}
-
-fn serve_with(moto: &Moto, data: &std::path::Path) -> Invoq {
-    let env = [
-        ("INVOQ_DESTINATIONS", "aws"),
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-        ("INVOQ_TIME_SCALE", "0.01"),
-    ];
-    Invoq::start(&["serve", "--http-addr", "127.0.0.1:0"], data, &env, 1)
 }
 
 /// A queue whose failed messages come back after two seconds.
@@ -132,7 +121,7 @@ async fn the_mapping_api_answers_like_aws() {
     let queues = Queues::new(&moto).await;
     queues.create("source").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "consumer", "echo").await;
 
@@ -295,7 +284,7 @@ async fn messages_arrive_in_batches_in_lambda_shape_and_are_deleted() {
     let queues = Queues::new(&moto).await;
     let url = queues.create("orders").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "batcher").await;
     for index in 0..3 {
@@ -359,7 +348,7 @@ async fn partial_batch_failures_keep_only_the_reported_messages() {
     let queues = Queues::new(&moto).await;
     let url = short_visibility_queue(&queues, "partial").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "reporter").await;
     for body in ["ok-1", "fail-2", "ok-3"] {
@@ -390,7 +379,7 @@ async fn filters_drop_messages_that_match_no_pattern() {
     let queues = Queues::new(&moto).await;
     let url = queues.create("mixed").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "picky").await;
     send(&queues, &url, r#"{"kind":"order","id":1}"#).await;
@@ -424,7 +413,7 @@ async fn a_disabled_mapping_does_not_poll_until_enabled() {
     let queues = Queues::new(&moto).await;
     let url = queues.create("paused").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "sleeper").await;
     let mapping = client
@@ -457,7 +446,7 @@ async fn the_on_failure_extension_delivers_the_record_and_deletes_the_message() 
     let url = short_visibility_queue(&queues, "source-queue").await;
     let failures_url = queues.create("destination-queue").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "my-function").await;
     // The example from the issue, with moto's account.
@@ -494,13 +483,13 @@ async fn polling_resumes_after_a_restart() {
     let queues = Queues::new(&moto).await;
     let url = queues.create("durable").await;
     let data = data_dir();
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "steady").await;
     map(&client, "durable", "steady").await;
     invoq.kill();
 
-    let invoq = serve_with(&moto, data.path());
+    let invoq = moto.serve_invoq(data.path(), "0.01");
     send(&queues, &url, "after-restart").await;
     until_empty(&queues, &url).await;
     assert_eq!(bodies(&batches(data.path(), "steady")), ["after-restart"]);

@@ -27,7 +27,12 @@ pub(crate) struct Invoq {
 impl Invoq {
     /// `invoq serve` on a free port, with its data in `data_dir`.
     pub(crate) fn serve(data_dir: &Path) -> Self {
-        Self::start(&["serve", "--http-addr", "127.0.0.1:0"], data_dir, &[], 1)
+        Self::serve_with(data_dir, &[])
+    }
+
+    /// `invoq serve` with extra environment variables.
+    pub(crate) fn serve_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start(&["serve", "--http-addr", "127.0.0.1:0"], data_dir, env, 1)
     }
 
     /// `invoq <args>`, waiting until it announced `listeners` addresses.
@@ -242,6 +247,16 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("moto server did not start on port {port}");
+    }
+
+    /// `invoq serve` delivering and polling through the AWS SDKs against this moto.
+    pub(crate) fn serve_invoq(&self, data_dir: &Path, time_scale: &str) -> Invoq {
+        let env = [
+            ("INVOQ_DESTINATIONS", "aws"),
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("INVOQ_TIME_SCALE", time_scale),
+        ];
+        Invoq::serve_with(data_dir, &env)
     }
 
     /// SDK configuration for moto: test credentials, never instance metadata.
