@@ -11,7 +11,7 @@ use aws_sdk_lambda::primitives::{Blob, ByteStream};
 use aws_sdk_lambda::types::{DestinationConfig, InvocationType, OnFailure, OnSuccess};
 use serde_json::Value;
 
-use crate::harness::{Invoq, create_builtin, data_dir};
+use crate::harness::{Invoq, create_builtin, data_dir, invoke_event};
 
 /// Retry waits of 60 s and 120 s become 0.6 s and 1.2 s.
 const TIME_SCALE: &str = "0.01";
@@ -20,30 +20,6 @@ fn serve_scaled(data: &std::path::Path, extra: &[(&str, &str)]) -> Invoq {
     let mut env = vec![("INVOQ_TIME_SCALE", TIME_SCALE)];
     env.extend_from_slice(extra);
     Invoq::serve_with(data, &env)
-}
-
-async fn invoke_event(client: &Client, function: &str, payload: &str) -> String {
-    let output = client
-        .invoke()
-        .function_name(function)
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(payload))
-        .send()
-        .await
-        .expect("event invoke");
-    assert_eq!(output.status_code(), 202);
-    assert_eq!(
-        output.executed_version(),
-        None,
-        "no executed version on 202"
-    );
-    assert!(
-        output.payload().is_none_or(|p| p.as_ref().is_empty()),
-        "empty body"
-    );
-    aws_sdk_lambda::operation::RequestId::request_id(&output)
-        .expect("request id")
-        .to_owned()
 }
 
 /// Every outcome goes here: with the default `file` adapters, one JSON line per record in

@@ -6,14 +6,11 @@
 use std::time::Duration;
 
 use aws_sdk_lambda::Client;
-use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::{
-    DeadLetterConfig, DestinationConfig, InvocationType, OnFailure, OnSuccess,
-};
+use aws_sdk_lambda::types::{DeadLetterConfig, DestinationConfig, OnFailure, OnSuccess};
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 
-use crate::harness::{Moto, Queues, create_builtin, data_dir, string_attribute};
+use crate::harness::{Moto, Queues, create_builtin, data_dir, invoke_event, string_attribute};
 
 /// moto's account.
 const ACCOUNT: &str = "123456789012";
@@ -42,20 +39,6 @@ async fn configure(
         .send()
         .await
         .expect("event invoke config");
-}
-
-async fn invoke_event(client: &Client, function: &str, payload: &str) -> String {
-    let output = client
-        .invoke()
-        .function_name(function)
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(payload))
-        .send()
-        .await
-        .expect("event invoke");
-    aws_sdk_lambda::operation::RequestId::request_id(&output)
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test]

@@ -345,3 +345,28 @@ pub(crate) fn string_attribute(message: &Message, name: &str) -> (String, String
         value.string_value().unwrap_or_default().to_owned(),
     )
 }
+
+/// An Event invoke that must be answered 202 with an empty body; returns the request id.
+pub(crate) async fn invoke_event(client: &Client, function: &str, payload: &str) -> String {
+    let output = client
+        .invoke()
+        .function_name(function)
+        .invocation_type(aws_sdk_lambda::types::InvocationType::Event)
+        .payload(Blob::new(payload))
+        .send()
+        .await
+        .expect("event invoke");
+    assert_eq!(output.status_code(), 202);
+    assert_eq!(
+        output.executed_version(),
+        None,
+        "no executed version on 202"
+    );
+    assert!(
+        output.payload().is_none_or(|p| p.as_ref().is_empty()),
+        "empty body"
+    );
+    aws_sdk_lambda::operation::RequestId::request_id(&output)
+        .expect("request id")
+        .to_owned()
+}
