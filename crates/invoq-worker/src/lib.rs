@@ -15,6 +15,7 @@
 pub mod policy;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -66,6 +67,49 @@ pub struct Worker {
     runtime: Arc<dyn RuntimeService>,
     directory: Arc<dyn FunctionDirectory>,
     config: WorkerConfig,
+    metrics: Arc<WorkerMetrics>,
+}
+
+/// Counters behind `/metrics`: terminal outcomes by condition, and retries scheduled.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    outcomes: [AtomicU64; 4],
+    retries: AtomicU64,
+}
+
+const CONDITIONS: [Condition; 4] = [
+    Condition::Success,
+    Condition::RetriesExhausted,
+    Condition::EventAgeExceeded,
+    Condition::ZeroReservedConcurrency,
+];
+
+impl WorkerMetrics {
+    fn finished(&self, condition: Condition) {
+        if let Some(index) = CONDITIONS.iter().position(|c| *c == condition) {
+            self.outcomes[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text for these counters.
+    pub fn render(&self) -> String {
+        let mut text = String::from(
+            "# HELP invoq_async_outcomes_total Events that reached a terminal outcome, by condition.\n\
+             # TYPE invoq_async_outcomes_total counter\n",
+        );
+        for (condition, counter) in CONDITIONS.iter().zip(&self.outcomes) {
+            text.push_str(&format!(
+                "invoq_async_outcomes_total{{condition=\"{condition:?}\"}} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        text.push_str(&format!(
+            "# HELP invoq_async_retries_total Attempts scheduled again (function errors, throttles).\n\
+             # TYPE invoq_async_retries_total counter\ninvoq_async_retries_total {}\n",
+            self.retries.load(Ordering::Relaxed)
+        ));
+        text
+    }
 }
 
 impl Worker {
@@ -76,11 +120,16 @@ impl Worker {
         config: WorkerConfig,
     ) -> Arc<Self> {
         Arc::new(Worker {
+            metrics: Arc::default(),
             queue,
             runtime,
             directory,
             config,
         })
+    }
+
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
     }
 
     /// Leases and runs events until the process ends.
@@ -191,12 +240,18 @@ impl Worker {
                     id: event.request_id.clone(),
                     body: to_json(&event),
                 };
-                if let Err(error) = self
+                match self
                     .queue
                     .settle_and_enqueue(&lease, INVOCATIONS, item, delay)
                     .await
                 {
-                    tracing::warn!(%error, request_id = %event.request_id, "retry not recorded; the lease will expire and the attempt repeat");
+                    Ok(()) => {
+                        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, request_id = %event.request_id,
+                            "retry not recorded; the lease will expire and the attempt repeat");
+                    }
                 }
             }
         }
@@ -221,7 +276,10 @@ impl Worker {
             .settle_and_enqueue(lease, DELIVERIES, item, Duration::ZERO)
             .await
         {
-            Ok(()) => tracing::debug!(request_id = %event.request_id, ?condition, "event finished"),
+            Ok(()) => {
+                self.metrics.finished(condition);
+                tracing::debug!(request_id = %event.request_id, ?condition, "event finished");
+            }
             Err(error) => tracing::warn!(%error, request_id = %event.request_id,
                 "outcome not recorded; the lease will expire and the event run again"),
         }

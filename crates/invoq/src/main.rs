@@ -177,6 +177,8 @@ async fn main() -> anyhow::Result<()> {
                 directory.clone(),
                 worker_config,
             );
+            let worker_metrics = worker.metrics();
+            frontend.add_metrics(Box::new(move || worker_metrics.render()));
             tokio::spawn(worker.run());
             let sqs_config = invoq_adapters::aws::sdk_config_from_env().await;
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(sqs_config.clone())));

@@ -200,6 +200,18 @@ async fn function_errors_retry_as_configured_with_one_request_id() {
             "{name}: every attempt ran with the same request id"
         );
     }
+    let metrics = reqwest::get(format!("{}/metrics", invoq.http_url()))
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("invoq_async_outcomes_total{condition=\"RetriesExhausted\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("invoq_async_retries_total 5"),
+        "0 + 1 + 2 + 2 retries: {metrics}"
+    );
 }
 
 #[tokio::test]
