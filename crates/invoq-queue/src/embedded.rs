@@ -469,18 +469,18 @@ impl Writer {
                         .schedule
                         .remove((queue.as_str(), visible_at, seq))
                         .map_err(storage)?;
+                    let message = tables
+                        .messages
+                        .get((queue.as_str(), seq))
+                        .map_err(storage)?;
+                    // A schedule entry without its message has nothing to deliver: drop it.
+                    let Some(message) = message else { continue };
+                    let (enqueued_at_ms, item) = decode_message(message.value())?;
+                    drop(message);
                     tables
                         .schedule
                         .insert((queue.as_str(), expires, seq), receives + 1)
                         .map_err(storage)?;
-                    let Some(message) = tables
-                        .messages
-                        .get((queue.as_str(), seq))
-                        .map_err(storage)?
-                    else {
-                        continue;
-                    };
-                    let (enqueued_at_ms, item) = decode_message(message.value())?;
                     leases.push(Lease {
                         queue: queue.clone(),
                         item,
