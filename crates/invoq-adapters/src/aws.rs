@@ -35,11 +35,6 @@ struct RegionClients {
 }
 
 impl AwsDestinations {
-    /// Reads the standard AWS environment; see [`sdk_config_from_env`].
-    pub async fn from_env() -> Self {
-        Self::new(sdk_config_from_env().await)
-    }
-
     pub fn new(config: SdkConfig) -> Self {
         AwsDestinations {
             config,

@@ -160,13 +160,15 @@ impl<'a> TargetArn<'a> {
 #[error("INVOQ_DESTINATIONS must be `aws` or `file`, not {0:?}")]
 pub struct UnknownAdapters(pub String);
 
-/// The adapters for `setting` (`aws` or `file`), validated at start-up.
-pub async fn from_setting(
+/// The adapters for `setting` (`aws` or `file`), validated at start-up. `aws_config` is the
+/// AWS environment the `aws` adapters use (see [`aws::sdk_config_from_env`]).
+pub fn from_setting(
     setting: &str,
     data_dir: &Path,
+    aws_config: &aws_config::SdkConfig,
 ) -> Result<Arc<dyn Destination>, UnknownAdapters> {
     match setting {
-        "aws" => Ok(Arc::new(aws::AwsDestinations::from_env().await)),
+        "aws" => Ok(Arc::new(aws::AwsDestinations::new(aws_config.clone()))),
         "file" => Ok(Arc::new(file::FileDestinations::new(
             data_dir.join("destinations"),
         ))),

@@ -78,7 +78,7 @@ impl Frontend {
                     .into());
             }
         };
-        let payload = read_payload(body).await?;
+        let payload = read_payload(body, SYNC_REQUEST_MAX_BYTES, "InvokeFunction").await?;
         let client_context = client_context(headers)?;
 
         if invocation_type == InvocationType::DryRun {
@@ -293,19 +293,14 @@ fn client_context(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(decoded))
 }
 
-/// The event: at most 6 MB of JSON; an empty body is `{}`.
-async fn read_payload(body: Body) -> Result<Bytes, ApiError> {
-    let payload = axum::body::to_bytes(body, SYNC_REQUEST_MAX_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::RequestEntityTooLarge,
-                format!(
-                    "Request must be smaller than {SYNC_REQUEST_MAX_BYTES} bytes for the \
-                 InvokeFunction operation"
-                ),
-            )
-        })?;
+/// The event: JSON, at most `limit` bytes for `operation`; an empty body is `{}`.
+async fn read_payload(body: Body, limit: usize, operation: &str) -> Result<Bytes, ApiError> {
+    let payload = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::RequestEntityTooLarge,
+            format!("Request must be smaller than {limit} bytes for the {operation} operation"),
+        )
+    })?;
     validate_json(payload)
 }
 
@@ -344,18 +339,7 @@ pub(crate) async fn invoke_async(
             .store
             .get(&function.name)
             .ok_or_else(|| frontend.not_found(&function.name, Some(LATEST)))?;
-        let payload = axum::body::to_bytes(body, INVOKE_ASYNC_MAX_BYTES)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::RequestEntityTooLarge,
-                    format!(
-                        "Request must be smaller than {INVOKE_ASYNC_MAX_BYTES} bytes for the \
-                     InvokeAsync operation"
-                    ),
-                )
-            })?;
-        let payload = validate_json(payload)?;
+        let payload = read_payload(body, INVOKE_ASYNC_MAX_BYTES, "InvokeAsync").await?;
         check_active(&record)?;
         let invoked_function_arn = frontend.location.function_arn(&record.name);
         frontend

@@ -148,6 +148,7 @@ impl Worker {
         )
         .await;
     }
+
     /// Runs one attempt of a leased event and settles the lease.
     async fn process(&self, lease: Lease) {
         let mut event: QueuedInvocation = match serde_json::from_slice(&lease.item.body) {

@@ -180,12 +180,16 @@ async fn main() -> anyhow::Result<()> {
             let worker_metrics = worker.metrics();
             frontend.add_metrics(Box::new(move || worker_metrics.render()));
             tokio::spawn(worker.run());
-            let sqs_config = invoq_adapters::aws::sdk_config_from_env().await;
-            frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(sqs_config.clone())));
-            let pollers = Pollers::new(sqs_config, runtime, directory, queue.clone());
+            // One AWS environment for the destination adapters and the SQS pollers.
+            let aws_config = invoq_adapters::aws::sdk_config_from_env().await;
+            frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws_config.clone())));
+            let pollers = Pollers::new(aws_config.clone(), runtime, directory, queue.clone());
             tokio::spawn(pollers.run(frontend.subscribe_mappings()));
-            let destinations =
-                invoq_adapters::from_setting(&asynchronous.destinations, &common.data_dir).await?;
+            let destinations = invoq_adapters::from_setting(
+                &asynchronous.destinations,
+                &common.data_dir,
+                &aws_config,
+            )?;
             let router_config = RouterConfig {
                 time_scale: asynchronous.time_scale,
                 ..RouterConfig::default()

@@ -8,6 +8,18 @@ use serde_json::{Value, json};
 
 use crate::harness::{Invoq, create_builtin, create_function, data_dir, shell_echo_zip};
 
+/// `invoq frontend` on a free port, using the runtime service at `runtime_url`.
+fn start_frontend(runtime_url: &str, data: &std::path::Path) -> Invoq {
+    let args = [
+        "frontend",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--runtime-addr",
+        runtime_url,
+    ];
+    Invoq::start(&args, data, &[], 1)
+}
+
 /// A port nobody listens on right now, so a restarted runtime can come back on it.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -28,19 +40,7 @@ async fn frontend_and_runtime_run_as_separate_processes() {
         1,
     );
     let frontend_data = data_dir();
-    let runtime_url = format!("http://{runtime_addr}");
-    let frontend = Invoq::start(
-        &[
-            "frontend",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--runtime-addr",
-            &runtime_url,
-        ],
-        frontend_data.path(),
-        &[],
-        1,
-    );
+    let frontend = start_frontend(&format!("http://{runtime_addr}"), frontend_data.path());
     let client = frontend.client();
     create_builtin(&client, "echo", "echo").await;
     create_function(
@@ -112,18 +112,9 @@ async fn serve_also_exposes_its_runtime_over_grpc() {
         2,
     );
     let frontend_data = data_dir();
-    let runtime_url = format!("http://{}", serve.address("grpc"));
-    let frontend = Invoq::start(
-        &[
-            "frontend",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--runtime-addr",
-            &runtime_url,
-        ],
+    let frontend = start_frontend(
+        &format!("http://{}", serve.address("grpc")),
         frontend_data.path(),
-        &[],
-        1,
     );
     let client = frontend.client();
     create_builtin(&client, "echo", "echo").await;
