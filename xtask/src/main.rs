@@ -1,8 +1,10 @@
 //! invoq's one task runner: `cargo xtask <task>`. CI calls the same tasks a developer runs.
 //!
-//! - `test`: installs moto server into `.venv` (the stand-in for SQS, SNS and EventBridge),
-//!   builds the example functions the tests deploy, then runs every test;
-//! - `ci`: formatting check, clippy with warnings as errors, then `test`.
+//! - `test`: installs the AWS stand-ins (moto server into `.venv`, LocalStack's runtime into
+//!   `.venv-localstack`), builds the example functions the tests deploy, runs every test
+//!   against moto, then the AWS-facing suites again against LocalStack;
+//! - `ci`: formatting check, clippy with warnings as errors, then `test`;
+//! - `localstack`: LocalStack on 127.0.0.1:4566 without Docker, in the foreground.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,7 +25,17 @@ enum Task {
     Test,
     /// What CI runs: cargo fmt --check, clippy -D warnings, then the test suite.
     Ci,
+    /// Run LocalStack (SQS, SNS, EventBridge) from PyPI on 127.0.0.1, without Docker.
+    Localstack {
+        #[arg(long, default_value_t = 4566)]
+        port: u16,
+    },
 }
+
+/// The suites that talk to SQS, SNS or EventBridge, as a nextest filter: they run against
+/// moto and again against LocalStack.
+const AWS_FACING_TESTS: &str =
+    "binary(conformance) | test(/^(adapters|destinations|event_sources|scale_out)::/)";
 
 fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
@@ -44,21 +56,53 @@ fn main() -> anyhow::Result<()> {
             )?;
             test()
         }
+        Task::Localstack { port } => {
+            let python = ensure_localstack()?;
+            let state = PathBuf::from(".invoq/localstack");
+            std::fs::create_dir_all(&state)?;
+            let state = std::fs::canonicalize(state)?;
+            eprintln!(
+                "LocalStack on http://127.0.0.1:{port} (state in {})",
+                state.display()
+            );
+            run(&mut invoq_testkit::localstack_command(
+                &python, port, &state,
+            ))
+        }
     }
 }
 
 fn test() -> anyhow::Result<()> {
-    let moto_server = ensure_moto()?;
-    let moto_server = moto_server.to_str().context("non-UTF-8 path")?.to_owned();
+    let moto_server = path_string(ensure_moto()?)?;
+    let localstack_python = path_string(ensure_localstack()?)?;
     // Tests deploy this binary as a `bootstrap`; cargo does not build other packages'
     // binaries for integration tests, so build it first.
     cargo(&["build", "--package", "rust-echo"], &[])?;
-    let env = [("INVOQ_MOTO_SERVER", moto_server.as_str())];
-    if nextest_available() {
-        cargo(&["nextest", "run", "--workspace", "--no-fail-fast"], &env)
-    } else {
-        cargo(&["test", "--workspace", "--no-fail-fast"], &env)
+    let mut env = vec![
+        ("INVOQ_MOTO_SERVER", moto_server.as_str()),
+        ("INVOQ_LOCALSTACK_PYTHON", localstack_python.as_str()),
+    ];
+    if !nextest_available() {
+        return cargo(&["test", "--workspace", "--no-fail-fast"], &env);
     }
+    cargo(&["nextest", "run", "--workspace", "--no-fail-fast"], &env)?;
+    eprintln!("again against LocalStack: {AWS_FACING_TESTS}");
+    env.push(("INVOQ_AWS_STANDIN", "localstack"));
+    cargo(
+        &[
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "-E",
+            AWS_FACING_TESTS,
+        ],
+        &env,
+    )
+}
+
+fn path_string(path: PathBuf) -> anyhow::Result<String> {
+    Ok(path.to_str().context("non-UTF-8 path")?.to_owned())
 }
 
 /// The moto server the destination tests start, installed from PyPI into `.venv` once.
@@ -72,6 +116,82 @@ fn ensure_moto() -> anyhow::Result<PathBuf> {
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "moto[server]==5.*"]))?;
     Ok(std::fs::canonicalize(moto_server)?)
+}
+
+/// LocalStack's runtime from PyPI in `.venv-localstack`, installed once (recipe in
+/// ../shared/TEST-SERVERS.md): it needs Python 3.13, and a certificate made here because its
+/// own certificate code breaks with current pyOpenSSL. Returns the venv's Python.
+fn ensure_localstack() -> anyhow::Result<PathBuf> {
+    let venv = PathBuf::from(".venv-localstack");
+    let python = venv.join("bin/python");
+    let certificate = venv.join("server.pem");
+    // Not canonicalized: the venv's python is a symlink, and only through the venv's own path
+    // does it see the venv's packages.
+    let absolute = std::env::current_dir()?.join(&python);
+    if python.exists() && certificate.exists() {
+        return Ok(absolute);
+    }
+    let base = python313().context(
+        "LocalStack needs Python 3.13: install it (e.g. `pyenv install 3.13`) or put python3.13 on PATH",
+    )?;
+    eprintln!(
+        "$ {} -m venv .venv-localstack && pip install localstack-core",
+        base.display()
+    );
+    run(Command::new(&base).args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "localstack-core[runtime]==2026.3.0",
+        "cbor2<6",
+        "service_identity",
+    ]))?;
+    let key = venv.join("server.key");
+    let cert = venv.join("server.crt");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null()))?;
+    let pem = [std::fs::read(&key)?, std::fs::read(&cert)?].concat();
+    std::fs::write(&certificate, pem)?;
+    Ok(absolute)
+}
+
+/// A Python 3.13 interpreter: pyenv's, else `python3.13` on PATH.
+fn python313() -> Option<PathBuf> {
+    let pyenv_root = Command::new("pyenv")
+        .arg("root")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    let from_pyenv = pyenv_root.and_then(|root| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("3.13"))
+            })
+            .map(|path| path.join("bin/python3"))
+            .filter(|python| python.exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    });
+    from_pyenv.or_else(|| {
+        Command::new("python3.13")
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|_| PathBuf::from("python3.13"))
+    })
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {

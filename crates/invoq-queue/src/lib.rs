@@ -9,13 +9,16 @@
 //!
 //! Backends: [`EmbeddedQueue`] stores everything in a redb database in the data directory,
 //! with group commit; [`EmbeddedQueue::in_memory`] is the same engine on redb's in-memory
-//! backend. [`grpc`] serves any backend over gRPC and calls one remotely.
+//! backend; [`SqsQueue`] keeps them in SQS FIFO queues shared by many machines (see its
+//! module for where it is weaker). [`grpc`] serves any backend over gRPC and calls one
+//! remotely.
 //!
 //! Boundary: bytes, ids, delays and leases; nothing of Lambda.
 
 mod consumer;
 mod embedded;
 pub mod grpc;
+mod sqs;
 
 use std::time::Duration;
 
@@ -24,6 +27,7 @@ use bytes::Bytes;
 
 pub use consumer::consume;
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
+pub use sqs::{SqsQueue, SqsQueueOptions};
 
 /// The queue the frontend fills with accepted Event invocations.
 pub const INVOCATIONS: &str = "invocations";

@@ -1,7 +1,7 @@
 //! One conformance suite for every destination adapter: memory, file, and the AWS adapter
-//! against a real moto server. Each adapter delivers an invocation record and a dead-letter
-//! message to an SQS ARN in another region and account than invoq's, and the suite reads them
-//! back the way that adapter's consumer would.
+//! against a real AWS stand-in (moto or LocalStack). Each adapter delivers an invocation record
+//! and a dead-letter message to an SQS ARN in another region and account than invoq's, and the
+//! suite reads them back the way that adapter's consumer would.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +12,12 @@ use invoq_adapters::memory::MemoryDestinations;
 use invoq_adapters::{Delivery, DeliveryError, DeliveryKind, Destination};
 use serde_json::Value;
 
-use crate::harness::Moto;
+use crate::harness::AwsStandIn;
 
 /// A message as its consumer reads it: body, and attributes by name.
 type Received = (String, BTreeMap<String, String>);
 
-/// A destination target: moto's account, a region other than invoq's.
+/// A destination target: the stand-ins' account, a region other than invoq's.
 fn target(queue: &str) -> String {
     format!("arn:aws:sqs:us-east-2:123456789012:{queue}")
 }
@@ -184,9 +184,9 @@ async fn the_file_adapter_conforms() {
 }
 
 #[tokio::test]
-async fn the_aws_adapter_conforms_against_moto() {
-    let moto = Moto::start();
-    let config = moto.sdk_config().await;
+async fn the_aws_adapter_conforms_against_an_aws_stand_in() {
+    let aws = AwsStandIn::start();
+    let config = aws.sdk_config().await;
     // The queues live in us-east-2, as the target ARNs say; invoq's own region is us-east-1.
     let sqs = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&config)

@@ -1,7 +1,7 @@
-//! Destinations and dead-letter queues against a real moto server: records reach SQS, SNS
-//! (seen through an SQS subscription) and EventBridge (through a rule's SQS target), DLQ
-//! messages carry Lambda's attributes, function destinations run, and a destination that is
-//! missing loses nothing.
+//! Destinations and dead-letter queues against a real AWS stand-in (moto or LocalStack):
+//! records reach SQS, SNS (seen through an SQS subscription) and EventBridge (through a rule's
+//! SQS target), DLQ messages carry Lambda's attributes, function destinations run, and a
+//! destination that is missing loses nothing.
 
 use std::time::Duration;
 
@@ -10,9 +10,11 @@ use aws_sdk_lambda::types::{DeadLetterConfig, DestinationConfig, OnFailure, OnSu
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 
-use crate::harness::{Moto, Queues, create_builtin, data_dir, invoke_event, string_attribute};
+use crate::harness::{
+    AwsStandIn, Queues, create_builtin, data_dir, invoke_event, serve_invoq_on, string_attribute,
+};
 
-/// moto's account.
+/// The stand-ins' account.
 const ACCOUNT: &str = "123456789012";
 
 fn arn(service: &str, resource: &str) -> String {
@@ -43,9 +45,9 @@ async fn configure(
 
 #[tokio::test]
 async fn records_reach_sqs_sns_and_eventbridge_and_the_dlq_gets_the_event() {
-    let moto = Moto::start();
-    let config = moto.sdk_config().await;
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let config = aws.sdk_config().await;
+    let queues = Queues::new(&aws).await;
     let success_url = queues.create("orders-success").await;
     let topic_copy_url = queues.create("failures-copy").await;
     let events_url = queues.create("lambda-events").await;
@@ -94,7 +96,7 @@ async fn records_reach_sqs_sns_and_eventbridge_and_the_dlq_gets_the_event() {
         .unwrap();
 
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "orders", "echo").await;
     configure(
@@ -192,11 +194,11 @@ async fn records_reach_sqs_sns_and_eventbridge_and_the_dlq_gets_the_event() {
 
 #[tokio::test]
 async fn a_function_destination_runs_with_the_record_as_its_event() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let final_url = queues.create("chain-end").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "first", "echo").await;
     create_builtin(&client, "second", "echo").await;
@@ -227,28 +229,38 @@ async fn a_function_destination_runs_with_the_record_as_its_event() {
 
 #[tokio::test]
 async fn a_missing_destination_loses_nothing() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let data = data_dir();
     // Backoff 1 s, 2 s ... 300 s scaled to 10 ms ... 3 s.
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "early", "echo").await;
     configure(&client, "early", 0, Some(arn("sqs", "late-queue")), None).await;
     let request_id = invoke_event(&client, "early", r#"{"early":true}"#).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let metrics = reqwest::get(format!("{}/metrics", invoq.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failures: u64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("invoq_destination_delivery_failures_total "))
-        .and_then(|value| value.parse().ok())
-        .unwrap();
-    assert!(failures >= 1, "{metrics}");
+    // Wait until a delivery has failed at least once.
+    let mut failures = 0;
+    for _ in 0..300 {
+        let metrics = reqwest::get(format!("{}/metrics", invoq.http_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        failures = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("invoq_destination_delivery_failures_total "))
+            .and_then(|value| value.parse().ok())
+            .unwrap();
+        if failures >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        failures >= 1,
+        "no delivery failed while the queue was missing"
+    );
 
     let url = queues.create("late-queue").await;
     let messages = queues.receive(&url, 1).await;
@@ -258,11 +270,11 @@ async fn a_missing_destination_loses_nothing() {
 
 #[tokio::test]
 async fn parked_records_are_listed_and_redriven_with_the_cli() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let data = data_dir();
     // About 20 minutes of retries scaled down to about a second, then parked.
-    let invoq = moto.serve_invoq(data.path(), "0.001");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.001");
     let client = invoq.client();
     create_builtin(&client, "stranded", "echo").await;
     configure(&client, "stranded", 0, Some(arn("sqs", "not-yet")), None).await;

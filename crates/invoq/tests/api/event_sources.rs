@@ -1,6 +1,6 @@
-//! Event source mappings against a real moto server: the API's shapes and errors, batches in
-//! Lambda's SQS event shape, partial batch failures, filters, a disabled mapping, the
-//! OnFailure extension, and polling that resumes after a restart.
+//! Event source mappings against a real AWS stand-in (moto or LocalStack): the API's shapes and
+//! errors, batches in Lambda's SQS event shape, partial batch failures, filters, a disabled
+//! mapping, the OnFailure extension, and polling that resumes after a restart.
 
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use aws_sdk_lambda::types::{
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use serde_json::{Value, json};
 
-use crate::harness::{Moto, Queues, create_builtin, create_function, data_dir, sqs_batch_zip};
+use crate::harness::{
+    AwsStandIn, Queues, create_builtin, create_function, data_dir, serve_invoq_on, sqs_batch_zip,
+};
 
 fn queue_arn(name: &str) -> String {
     format!("arn:aws:sqs:us-east-1:123456789012:{name}")
@@ -84,6 +86,18 @@ fn batches(data: &std::path::Path, function: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The message bodies the batch handler printed, once there are at least `count`.
+async fn logged_bodies(data: &std::path::Path, function: &str, count: usize) -> Vec<String> {
+    for _ in 0..300 {
+        let seen = bodies(&batches(data, function));
+        if seen.len() >= count {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{function} never saw {count} messages");
+}
+
 fn bodies(batches: &[Value]) -> Vec<String> {
     batches
         .iter()
@@ -117,11 +131,11 @@ async fn map(client: &Client, queue: &str, function: &str) -> String {
 
 #[tokio::test]
 async fn the_mapping_api_answers_like_aws() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     queues.create("source").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_builtin(&client, "consumer", "echo").await;
 
@@ -280,11 +294,11 @@ async fn the_mapping_api_answers_like_aws() {
 
 #[tokio::test]
 async fn messages_arrive_in_batches_in_lambda_shape_and_are_deleted() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let url = queues.create("orders").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "batcher").await;
     for index in 0..3 {
@@ -344,11 +358,11 @@ async fn messages_arrive_in_batches_in_lambda_shape_and_are_deleted() {
 
 #[tokio::test]
 async fn partial_batch_failures_keep_only_the_reported_messages() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let url = short_visibility_queue(&queues, "partial").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "reporter").await;
     for body in ["ok-1", "fail-2", "ok-3"] {
@@ -375,11 +389,11 @@ async fn partial_batch_failures_keep_only_the_reported_messages() {
 
 #[tokio::test]
 async fn filters_drop_messages_that_match_no_pattern() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let url = queues.create("mixed").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "picky").await;
     send(&queues, &url, r#"{"kind":"order","id":1}"#).await;
@@ -409,11 +423,11 @@ async fn filters_drop_messages_that_match_no_pattern() {
 
 #[tokio::test]
 async fn a_disabled_mapping_does_not_poll_until_enabled() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let url = queues.create("paused").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "sleeper").await;
     let mapping = client
@@ -441,15 +455,15 @@ async fn a_disabled_mapping_does_not_poll_until_enabled() {
 
 #[tokio::test]
 async fn the_on_failure_extension_delivers_the_record_and_deletes_the_message() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let url = short_visibility_queue(&queues, "source-queue").await;
     let failures_url = queues.create("destination-queue").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "my-function").await;
-    // The example from the issue, with moto's account.
+    // The example from the issue, with the stand-in's account.
     client
         .create_event_source_mapping()
         .function_name("my-function")
@@ -479,20 +493,23 @@ async fn the_on_failure_extension_delivers_the_record_and_deletes_the_message() 
 
 #[tokio::test]
 async fn polling_resumes_after_a_restart() {
-    let moto = Moto::start();
-    let queues = Queues::new(&moto).await;
+    let aws = AwsStandIn::start();
+    let queues = Queues::new(&aws).await;
     let url = queues.create("durable").await;
     let data = data_dir();
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     let client = invoq.client();
     create_handler(&client, "steady").await;
     map(&client, "durable", "steady").await;
     invoq.kill();
 
-    let invoq = moto.serve_invoq(data.path(), "0.01");
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
     send(&queues, &url, "after-restart").await;
+    assert_eq!(
+        logged_bodies(data.path(), "steady", 1).await,
+        ["after-restart"]
+    );
     until_empty(&queues, &url).await;
-    assert_eq!(bodies(&batches(data.path(), "steady")), ["after-restart"]);
     let listed = invoq
         .client()
         .list_event_source_mappings()

@@ -208,73 +208,16 @@ pub(crate) fn data_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary data dir")
 }
 
-/// A moto server (PyPI `moto[server]`), the real HTTP stand-in for SQS, SNS and EventBridge,
-/// on a free loopback port. Killed when dropped.
-pub(crate) struct Moto {
-    child: Child,
-    pub(crate) endpoint: String,
-}
+pub(crate) use invoq_testkit::AwsStandIn;
 
-impl Moto {
-    pub(crate) fn start() -> Self {
-        let binary = std::env::var("INVOQ_MOTO_SERVER").unwrap_or_else(|_| {
-            format!("{}/../../.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR"))
-        });
-        assert!(
-            Path::new(&binary).exists(),
-            "moto server not found at {binary}: run the tests with `cargo xtask test`, which installs it"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto server");
-        // Owned by the guard from here on, so a failed start still kills it.
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return moto;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("moto server did not start on port {port}");
-    }
-
-    /// `invoq serve` delivering and polling through the AWS SDKs against this moto.
-    pub(crate) fn serve_invoq(&self, data_dir: &Path, time_scale: &str) -> Invoq {
-        let env = [
-            ("INVOQ_DESTINATIONS", "aws"),
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("INVOQ_TIME_SCALE", time_scale),
-        ];
-        Invoq::serve_with(data_dir, &env)
-    }
-
-    /// SDK configuration for moto: test credentials, never instance metadata.
-    pub(crate) async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "invoq-tests"))
-            .load()
-            .await
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `invoq serve` delivering and polling through the AWS SDKs against a stand-in (moto or
+/// LocalStack, per `INVOQ_AWS_STANDIN`).
+pub(crate) fn serve_invoq_on(aws: &AwsStandIn, data_dir: &Path, time_scale: &str) -> Invoq {
+    let mut env = aws.env();
+    env.push(("INVOQ_DESTINATIONS", "aws".into()));
+    env.push(("INVOQ_TIME_SCALE", time_scale.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Invoq::serve_with(data_dir, &env)
 }
 
 pub(crate) struct Queues {
@@ -290,9 +233,9 @@ pub(crate) struct Message {
 }
 
 impl Queues {
-    pub(crate) async fn new(moto: &Moto) -> Self {
+    pub(crate) async fn new(aws: &AwsStandIn) -> Self {
         Queues {
-            sqs: aws_sdk_sqs::Client::new(&moto.sdk_config().await),
+            sqs: aws_sdk_sqs::Client::new(&aws.sdk_config().await),
         }
     }
 
