@@ -2,7 +2,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = "../../proto";
-    let files = ["invoq/v1/queue.proto", "invoq/v1/runtime.proto"];
+    let files = [
+        "invoq/v1/queue.proto",
+        "invoq/v1/registry.proto",
+        "invoq/v1/runtime.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={proto_root}/{file}");
     }

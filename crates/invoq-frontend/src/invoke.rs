@@ -131,13 +131,7 @@ impl Frontend {
         invoked_function_arn: String,
         payload: &[u8],
     ) -> Result<(), ErrorResponse> {
-        let Some(queue) = &self.queue else {
-            return Err(ApiError::invalid_parameter(
-                "This invoq frontend runs without an event queue, so it cannot accept \
-                 InvocationType Event. Run `invoq serve`, or use RequestResponse.",
-            )
-            .into());
-        };
+        let queue = &self.queue;
         let event = QueuedInvocation {
             request_id: request_id.to_owned(),
             function_name: function_name.to_owned(),

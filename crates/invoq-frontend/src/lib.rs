@@ -14,6 +14,7 @@ mod event_invoke_config;
 mod event_source_mappings;
 mod function_store;
 mod functions;
+pub mod grpc;
 mod http;
 mod invoke;
 mod metrics;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
-use invoq_domain::asynchronous::AsyncSettings;
+use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig};
 use invoq_domain::{ApiError, FunctionRef, Location};
 use invoq_queue::EventQueue;
 use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
@@ -44,7 +45,7 @@ pub struct Frontend {
     store: FunctionStore,
     runtime: Arc<dyn RuntimeService>,
     /// Where Event invocations go; without one, Event invokes are refused.
-    queue: Option<Arc<dyn EventQueue>>,
+    queue: Arc<dyn EventQueue>,
     metrics: Metrics,
     mappings: event_source_mappings::MappingStore,
     event_source_checker: std::sync::OnceLock<Arc<dyn EventSourceChecker>>,
@@ -61,7 +62,7 @@ impl Frontend {
         location: Location,
         data_dir: &Path,
         runtime: Arc<dyn RuntimeService>,
-        queue: Option<Arc<dyn EventQueue>>,
+        queue: Arc<dyn EventQueue>,
     ) -> std::io::Result<Arc<Self>> {
         let frontend = Arc::new(Frontend {
             location,
@@ -216,17 +217,25 @@ impl Frontend {
         function_name: &str,
         qualifier: &str,
     ) -> Option<(FunctionSpec, AsyncSettings)> {
+        let (spec, config, dead_letter) = self.async_configuration(function_name, qualifier)?;
+        Some((spec, AsyncSettings::new(config.as_ref(), dead_letter)))
+    }
+
+    /// What [`Frontend::async_target`] is made of: the function, its event invoke config and
+    /// its dead-letter target, as they travel to a worker in another process.
+    pub fn async_configuration(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Option<(FunctionSpec, Option<EventInvokeConfig>, Option<String>)> {
         let record = self
             .store
             .get(function_name)
             .filter(|_| qualifier == invoq_domain::LATEST)?;
-        let settings = AsyncSettings::new(
-            record.event_invoke_configs.get(qualifier),
-            record.dead_letter_target_arn.clone(),
-        );
         Some((
             configuration::function_spec(&record, &self.location),
-            settings,
+            record.event_invoke_configs.get(qualifier).cloned(),
+            record.dead_letter_target_arn.clone(),
         ))
     }
 

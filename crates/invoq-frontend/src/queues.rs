@@ -28,9 +28,7 @@ pub(crate) async fn inspect(
     Path(queue_name): Path<String>,
     Query(query): Query<InspectQuery>,
 ) -> ApiResult {
-    let Some(queue) = &frontend.queue else {
-        return Err(ApiError::not_found("This invoq frontend runs without an event queue").into());
-    };
+    let queue = &frontend.queue;
     let max_items = query.max_items.unwrap_or(100).clamp(1, 10_000);
     let storage = |error: invoq_queue::QueueError| ApiError::service(error.to_string());
     let stats = queue.stats(&queue_name).await.map_err(storage)?;
@@ -59,9 +57,7 @@ pub(crate) async fn inspect(
 /// Moves every parked outcome back to `deliveries` with a fresh retry budget; targets it
 /// already reached are not sent again.
 pub(crate) async fn redrive_parked(State(frontend): State<Arc<Frontend>>) -> ApiResult {
-    let Some(queue) = &frontend.queue else {
-        return Err(ApiError::not_found("This invoq frontend runs without an event queue").into());
-    };
+    let queue = &frontend.queue;
     let storage = |error: invoq_queue::QueueError| ApiError::service(error.to_string());
     let mut redriven = 0u64;
     loop {

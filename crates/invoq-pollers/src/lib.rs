@@ -248,6 +248,7 @@ impl Pollers {
             .directory
             .resolve(&mapping.function_name, invoq_domain::LATEST)
             .await
+            .map_err(|error| error.to_string())?
             .ok_or_else(|| format!("function {} does not exist", mapping.function_name))?;
         let invocation = Invocation {
             function: target.spec,

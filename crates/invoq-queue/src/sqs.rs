@@ -716,11 +716,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn sdk_error<E: std::error::Error + Send + Sync + 'static>(
+fn sdk_error<E>(
     error: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
 ) -> QueueError
 where
-    E: ProvideErrorMetadata,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
     QueueError::Storage(format!("SQS: {}", DisplayErrorContext(&error)))
 }

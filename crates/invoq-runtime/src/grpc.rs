@@ -122,24 +122,55 @@ impl RuntimeService for RuntimeGrpcClient {
     }
 }
 
+impl From<FunctionSpec> for pb::FunctionSpec {
+    fn from(spec: FunctionSpec) -> Self {
+        pb::FunctionSpec {
+            function_name: spec.function_name,
+            function_arn: spec.function_arn,
+            version: spec.version,
+            runtime: spec.runtime,
+            handler: spec.handler,
+            timeout_seconds: u32::try_from(spec.timeout.as_secs()).unwrap_or(u32::MAX),
+            memory_size_mb: spec.memory_size_mb,
+            environment: spec.environment.into_iter().collect(),
+            code_sha256_hex: spec.code_sha256_hex.unwrap_or_default(),
+            revision_id: spec.revision_id,
+            reserved_concurrency: spec.reserved_concurrency,
+            region: spec.region,
+        }
+    }
+}
+
+impl TryFrom<pb::FunctionSpec> for FunctionSpec {
+    type Error = Status;
+
+    fn try_from(spec: pb::FunctionSpec) -> Result<Self, Status> {
+        if spec.timeout_seconds == 0 {
+            return Err(Status::invalid_argument(
+                "function timeout must be positive",
+            ));
+        }
+        Ok(FunctionSpec {
+            function_name: spec.function_name,
+            function_arn: spec.function_arn,
+            version: spec.version,
+            runtime: spec.runtime,
+            handler: spec.handler,
+            timeout: Duration::from_secs(u64::from(spec.timeout_seconds)),
+            memory_size_mb: spec.memory_size_mb,
+            environment: spec.environment.into_iter().collect(),
+            code_sha256_hex: non_empty(spec.code_sha256_hex),
+            revision_id: spec.revision_id,
+            reserved_concurrency: spec.reserved_concurrency,
+            region: spec.region,
+        })
+    }
+}
+
 impl From<Invocation> for pb::InvokeRequest {
     fn from(invocation: Invocation) -> Self {
-        let spec = invocation.function;
         pb::InvokeRequest {
-            function: Some(pb::FunctionSpec {
-                function_name: spec.function_name,
-                function_arn: spec.function_arn,
-                version: spec.version,
-                runtime: spec.runtime,
-                handler: spec.handler,
-                timeout_seconds: u32::try_from(spec.timeout.as_secs()).unwrap_or(u32::MAX),
-                memory_size_mb: spec.memory_size_mb,
-                environment: spec.environment.into_iter().collect(),
-                code_sha256_hex: spec.code_sha256_hex.unwrap_or_default(),
-                revision_id: spec.revision_id,
-                reserved_concurrency: spec.reserved_concurrency,
-                region: spec.region,
-            }),
+            function: Some(invocation.function.into()),
             request_id: invocation.request_id,
             payload: invocation.payload.to_vec(),
             invoked_function_arn: invocation.invoked_function_arn,
@@ -157,27 +188,8 @@ impl TryFrom<pb::InvokeRequest> for Invocation {
         let spec = request
             .function
             .ok_or_else(|| Status::invalid_argument("invoke request without a function"))?;
-        if spec.timeout_seconds == 0 {
-            return Err(Status::invalid_argument(
-                "function timeout must be positive",
-            ));
-        }
-        let non_empty = |text: String| Some(text).filter(|text| !text.is_empty());
         Ok(Invocation {
-            function: FunctionSpec {
-                function_name: spec.function_name,
-                function_arn: spec.function_arn,
-                version: spec.version,
-                runtime: spec.runtime,
-                handler: spec.handler,
-                timeout: Duration::from_secs(u64::from(spec.timeout_seconds)),
-                memory_size_mb: spec.memory_size_mb,
-                environment: spec.environment.into_iter().collect(),
-                code_sha256_hex: non_empty(spec.code_sha256_hex),
-                revision_id: spec.revision_id,
-                reserved_concurrency: spec.reserved_concurrency,
-                region: spec.region,
-            },
+            function: spec.try_into()?,
             request_id: request.request_id,
             payload: Bytes::from(request.payload),
             invoked_function_arn: request.invoked_function_arn,
@@ -186,6 +198,10 @@ impl TryFrom<pb::InvokeRequest> for Invocation {
             trace_id: non_empty(request.trace_id),
         })
     }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    Some(text).filter(|text| !text.is_empty())
 }
 
 impl From<RuntimeError> for Status {

@@ -37,6 +37,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// The lease taken before the function's timeout is known; it is extended to the timeout
 /// plus [`LEASE_MARGIN`] right after.
 const INITIAL_LEASE: Duration = Duration::from_secs(10);
+/// How long an event waits when the function registry cannot be reached.
+const REGISTRY_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// A function as an event should run now, with its async settings.
 #[derive(Clone, Debug)]
@@ -48,8 +50,13 @@ pub struct AsyncTarget {
 /// The function registry, as the worker needs it.
 #[async_trait]
 pub trait FunctionDirectory: Send + Sync + 'static {
-    /// The function as it is now; `None` if it no longer exists.
-    async fn resolve(&self, function_name: &str, qualifier: &str) -> Option<AsyncTarget>;
+    /// The function as it is now; `Ok(None)` if it no longer exists, an error if the registry
+    /// cannot be asked right now.
+    async fn resolve(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Result<Option<AsyncTarget>, RuntimeError>;
 
     /// A deployment package, for a runtime that does not hold it yet.
     async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RuntimeError>;
@@ -160,15 +167,24 @@ impl Worker {
                 return;
             }
         };
-        let Some(target) = self
+        let resolved = self
             .directory
             .resolve(&event.function_name, &event.qualifier)
-            .await
-        else {
-            tracing::warn!(request_id = %event.request_id, function = %event.function_name,
-                "function deleted before its event ran; event dropped");
-            let _ = self.queue.ack(&lease).await;
-            return;
+            .await;
+        let target = match resolved {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                tracing::warn!(request_id = %event.request_id, function = %event.function_name,
+                    "function deleted before its event ran; event dropped");
+                let _ = self.queue.ack(&lease).await;
+                return;
+            }
+            Err(error) => {
+                // Not the event's fault: it runs once the registry answers again.
+                tracing::warn!(%error, request_id = %event.request_id, "cannot resolve the function");
+                let _ = self.queue.nack(&lease, REGISTRY_RETRY_PAUSE).await;
+                return;
+            }
         };
         let policy = self.config.retry_policy;
         if target.spec.reserved_concurrency == Some(0) {

@@ -1,19 +1,25 @@
 //! The `invoq` binary. `invoq serve` runs every service in one process on embedded defaults;
-//! `invoq frontend` and `invoq runtime` run one service each and find each other over gRPC.
-//! Both modes build the same service objects: only the runtime handle the frontend receives
-//! differs (the in-process `LocalRuntime` or a gRPC client).
+//! `invoq frontend | runtime | queue | worker | router | pollers` run one service each and find
+//! the others by address (`INVOQ_*_ADDR`). Both modes build the same service objects: only
+//! the handles they receive differ (in-process objects, or gRPC clients and SQS).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use aws_config::SdkConfig;
 use clap::{Args, Parser, Subcommand};
+use invoq_adapters::Destination;
 use invoq_domain::Location;
 use invoq_frontend::Frontend;
+use invoq_frontend::grpc::{RegistryGrpcClient, RegistryGrpcServer};
 use invoq_pollers::{Pollers, SqsSourceChecker};
-use invoq_queue::grpc::QueueGrpcServer;
-use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue};
+use invoq_proto::v1::queue_server::QueueServer;
+use invoq_proto::v1::registry_server::RegistryServer;
+use invoq_proto::v1::runtime_server::RuntimeServer;
+use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
+use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue, SqsQueue, SqsQueueOptions};
 use invoq_router::{AsyncInvoker, Router, RouterConfig};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
 use invoq_runtime::{LocalRuntime, RuntimeError, RuntimeService};
@@ -40,25 +46,90 @@ enum Command {
         http: HttpArgs,
         #[command(flatten)]
         common: CommonArgs,
-        /// Also serve the runtime and the queue over gRPC here, for services running elsewhere.
+        /// Also serve the runtime, the queue and the registry over gRPC here, for services
+        /// running elsewhere.
         #[arg(long, env = "INVOQ_GRPC_ADDR")]
         grpc_addr: Option<SocketAddr>,
         #[command(flatten)]
+        queue: QueueArgs,
+        #[command(flatten)]
         asynchronous: AsyncArgs,
+        #[command(flatten)]
+        destinations: DestinationArgs,
     },
-    /// Run only the Lambda-compatible HTTP API, using a runtime service at --runtime-addr.
+    /// Run only the Lambda-compatible HTTP API, and the registry over gRPC.
     Frontend {
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
         common: CommonArgs,
-        /// The runtime service's gRPC address.
-        #[arg(
-            long,
-            env = "INVOQ_RUNTIME_ADDR",
-            default_value = "http://127.0.0.1:9102"
-        )]
-        runtime_addr: String,
+        /// Where to serve the registry (functions, async settings, mappings) over gRPC.
+        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9101")]
+        grpc_addr: SocketAddr,
+        #[command(flatten)]
+        runtime: RuntimeAddr,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
+    /// Run only the runtime service (function processes and builtins), over gRPC.
+    Runtime {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Where to serve gRPC.
+        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9102")]
+        grpc_addr: SocketAddr,
+    },
+    /// Run only the event queue (embedded, memory or SQS backend), over gRPC.
+    Queue {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Where to serve gRPC.
+        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9103")]
+        grpc_addr: SocketAddr,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
+    /// Run only the retry worker: lease events, run them, settle them.
+    Worker {
+        /// Where to serve gRPC health checks.
+        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9104")]
+        grpc_addr: SocketAddr,
+        #[command(flatten)]
+        registry: RegistryAddr,
+        #[command(flatten)]
+        runtime: RuntimeAddr,
+        #[command(flatten)]
+        queue: QueueArgs,
+        #[command(flatten)]
+        asynchronous: AsyncArgs,
+    },
+    /// Run only the destination router: deliver outcomes to destinations and DLQs.
+    Router {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Where to serve gRPC health checks.
+        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9105")]
+        grpc_addr: SocketAddr,
+        #[command(flatten)]
+        registry: RegistryAddr,
+        #[command(flatten)]
+        queue: QueueArgs,
+        #[command(flatten)]
+        asynchronous: AsyncArgs,
+        #[command(flatten)]
+        destinations: DestinationArgs,
+    },
+    /// Run only the event source mapping pollers (SQS).
+    Pollers {
+        /// Where to serve gRPC health checks.
+        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9106")]
+        grpc_addr: SocketAddr,
+        #[command(flatten)]
+        registry: RegistryAddr,
+        #[command(flatten)]
+        runtime: RuntimeAddr,
+        #[command(flatten)]
+        queue: QueueArgs,
     },
     /// List or redrive outcomes the router could not deliver, on a running invoq.
     Parked {
@@ -72,14 +143,6 @@ enum Command {
             default_value = "http://127.0.0.1:9001"
         )]
         endpoint_url: String,
-    },
-    /// Run only the runtime service (function processes and builtins), over gRPC.
-    Runtime {
-        #[command(flatten)]
-        common: CommonArgs,
-        /// Where to serve gRPC.
-        #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9102")]
-        grpc_addr: SocketAddr,
     },
 }
 
@@ -105,17 +168,119 @@ enum ParkedAction {
 }
 
 #[derive(Debug, Args)]
-struct AsyncArgs {
-    /// Destination adapters: `file` (JSON lines in <data-dir>/destinations) or `aws` (SQS,
-    /// SNS, EventBridge through the standard AWS environment: AWS, LocalStack, moto).
-    #[arg(long, env = "INVOQ_DESTINATIONS", default_value = "file")]
-    destinations: String,
-    /// Where queued events live: embedded (on disk in the data dir) or memory.
+struct RuntimeAddr {
+    /// The runtime service's gRPC address.
+    #[arg(
+        long,
+        env = "INVOQ_RUNTIME_ADDR",
+        default_value = "http://127.0.0.1:9102"
+    )]
+    runtime_addr: String,
+}
+
+impl RuntimeAddr {
+    fn connect(&self) -> anyhow::Result<Arc<dyn RuntimeService>> {
+        let client = RuntimeGrpcClient::connect_lazy(&self.runtime_addr)
+            .with_context(|| format!("runtime address {}", self.runtime_addr))?;
+        Ok(Arc::new(client))
+    }
+}
+
+#[derive(Debug, Args)]
+struct RegistryAddr {
+    /// The frontend's registry (gRPC) address.
+    #[arg(
+        long,
+        env = "INVOQ_REGISTRY_ADDR",
+        default_value = "http://127.0.0.1:9101"
+    )]
+    registry_addr: String,
+}
+
+impl RegistryAddr {
+    fn connect(&self) -> anyhow::Result<Arc<Registry>> {
+        let client = RegistryGrpcClient::connect_lazy(&self.registry_addr)
+            .with_context(|| format!("registry address {}", self.registry_addr))?;
+        Ok(Arc::new(Registry::Remote(client)))
+    }
+}
+
+#[derive(Debug, Args)]
+struct QueueArgs {
+    /// Where queued events live: embedded (on disk in the data dir), memory, or sqs (SQS FIFO
+    /// queues through the standard AWS environment). Services other than `serve` and `queue`
+    /// use SQS directly when it is `sqs`, and the queue service at --queue-addr otherwise.
     #[arg(long, env = "INVOQ_QUEUE", default_value = "embedded")]
     queue: QueueBackend,
+    /// The queue service's gRPC address.
+    #[arg(
+        long,
+        env = "INVOQ_QUEUE_ADDR",
+        default_value = "http://127.0.0.1:9103"
+    )]
+    queue_addr: String,
     /// Event invokes are refused with 429 past this many queued events.
     #[arg(long, env = "INVOQ_QUEUE_DEPTH_LIMIT", default_value_t = 1_000_000)]
     queue_depth_limit: u64,
+    /// SQS backend: queues are named <prefix><queue>.fifo.
+    #[arg(long, env = "INVOQ_SQS_QUEUE_PREFIX", default_value = "invoq-")]
+    sqs_queue_prefix: String,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum QueueBackend {
+    Embedded,
+    Memory,
+    Sqs,
+}
+
+impl QueueArgs {
+    /// The queue this process owns (`serve`, `queue`).
+    fn open(&self, data_dir: &Path, aws: &SdkConfig) -> anyhow::Result<Arc<dyn EventQueue>> {
+        let options = EmbeddedQueueOptions {
+            max_depth: self.queue_depth_limit,
+        };
+        let queue: Arc<dyn EventQueue> =
+            match self.queue {
+                QueueBackend::Embedded => {
+                    let path = data_dir.join("queue.redb");
+                    Arc::new(EmbeddedQueue::open(&path, options).with_context(|| {
+                        format!("cannot open the event queue {}", path.display())
+                    })?)
+                }
+                QueueBackend::Memory => Arc::new(EmbeddedQueue::in_memory(options)?),
+                QueueBackend::Sqs => self.sqs(aws)?,
+            };
+        Ok(queue)
+    }
+
+    /// The queue as a service that does not own it sees it: SQS itself, or the queue service.
+    fn connect(&self, aws: &SdkConfig) -> anyhow::Result<Arc<dyn EventQueue>> {
+        match self.queue {
+            QueueBackend::Sqs => self.sqs(aws),
+            QueueBackend::Embedded | QueueBackend::Memory => {
+                let client = QueueGrpcClient::connect_lazy(&self.queue_addr)
+                    .with_context(|| format!("queue address {}", self.queue_addr))?;
+                Ok(Arc::new(client))
+            }
+        }
+    }
+
+    fn sqs(&self, aws: &SdkConfig) -> anyhow::Result<Arc<dyn EventQueue>> {
+        let options = SqsQueueOptions {
+            prefix: self.sqs_queue_prefix.clone(),
+            max_depth: self.queue_depth_limit,
+            ..SqsQueueOptions::default()
+        };
+        Ok(Arc::new(SqsQueue::new(
+            aws_sdk_sqs::Client::new(aws),
+            options,
+        )?))
+    }
+}
+
+#[derive(Debug, Args)]
+struct AsyncArgs {
     /// Multiplies every wait of the async path (retry delays, backoff, event-age limits).
     #[arg(long, env = "INVOQ_TIME_SCALE", default_value_t = 1.0)]
     time_scale: f64,
@@ -124,10 +289,51 @@ struct AsyncArgs {
     worker_concurrency: usize,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum QueueBackend {
-    Embedded,
-    Memory,
+impl AsyncArgs {
+    fn validated(&self) -> anyhow::Result<&Self> {
+        anyhow::ensure!(
+            self.time_scale > 0.0 && self.time_scale.is_finite(),
+            "INVOQ_TIME_SCALE must be a positive number, not {}",
+            self.time_scale
+        );
+        Ok(self)
+    }
+
+    fn worker(
+        &self,
+        queue: Arc<dyn EventQueue>,
+        runtime: Arc<dyn RuntimeService>,
+        registry: Arc<Registry>,
+    ) -> Arc<Worker> {
+        let config = WorkerConfig {
+            concurrency: self.worker_concurrency,
+            retry_policy: RetryPolicy {
+                time_scale: self.time_scale,
+            },
+        };
+        Worker::new(queue, runtime, registry, config)
+    }
+
+    fn router(
+        &self,
+        queue: Arc<dyn EventQueue>,
+        destinations: Arc<dyn Destination>,
+        registry: Arc<Registry>,
+    ) -> Arc<Router> {
+        let config = RouterConfig {
+            time_scale: self.time_scale,
+            ..RouterConfig::default()
+        };
+        Router::new(queue, destinations, registry, config)
+    }
+}
+
+#[derive(Debug, Args)]
+struct DestinationArgs {
+    /// Destination adapters: `file` (JSON lines in <data-dir>/destinations) or `aws` (SQS,
+    /// SNS, EventBridge through the standard AWS environment: AWS, LocalStack, moto).
+    #[arg(long, env = "INVOQ_DESTINATIONS", default_value = "file")]
+    destinations: String,
 }
 
 #[derive(Debug, Args)]
@@ -145,61 +351,129 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // One AWS environment for the adapters, the pollers and the SQS queue backend.
+    let aws = || invoq_adapters::aws::sdk_config_from_env();
     match Cli::parse().command {
         Command::Serve {
             http,
             common,
             grpc_addr,
+            queue,
             asynchronous,
+            destinations,
         } => {
+            let asynchronous = asynchronous.validated()?;
+            let aws = aws().await;
             let runtime: Arc<dyn RuntimeService> = Arc::new(open_runtime(&common.data_dir)?);
-            let queue = open_queue(&asynchronous, &common.data_dir)?;
+            let queue = queue.open(&common.data_dir, &aws)?;
+            let frontend = open_frontend(&http, &common.data_dir, runtime.clone(), queue.clone())?;
+            frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws.clone())));
             if let Some(grpc_addr) = grpc_addr {
                 let listener = bind(grpc_addr, "grpc").await?;
-                tokio::spawn(serve_grpc(listener, runtime.clone(), Some(queue.clone())));
+                let services = GrpcServices {
+                    runtime: Some(runtime.clone()),
+                    queue: Some(queue.clone()),
+                    registry: Some(frontend.clone()),
+                };
+                tokio::spawn(services.serve(listener));
             }
-            let frontend = open_frontend(
-                &http,
-                &common.data_dir,
-                runtime.clone(),
-                Some(queue.clone()),
-            )?;
-            let worker_config = WorkerConfig {
-                concurrency: asynchronous.worker_concurrency,
-                retry_policy: RetryPolicy {
-                    time_scale: asynchronous.time_scale,
-                },
-            };
-            let directory = Arc::new(RegistryDirectory(frontend.clone()));
-            let worker = Worker::new(
-                queue.clone(),
-                runtime.clone(),
-                directory.clone(),
-                worker_config,
-            );
+            let registry = Arc::new(Registry::Local(frontend.clone()));
+            let worker = asynchronous.worker(queue.clone(), runtime.clone(), registry.clone());
             let worker_metrics = worker.metrics();
             frontend.add_metrics(Box::new(move || worker_metrics.render()));
             tokio::spawn(worker.run());
-            // One AWS environment for the destination adapters and the SQS pollers.
-            let aws_config = invoq_adapters::aws::sdk_config_from_env().await;
-            frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws_config.clone())));
-            let pollers = Pollers::new(aws_config.clone(), runtime, directory, queue.clone());
+            let pollers = Pollers::new(aws.clone(), runtime, registry.clone(), queue.clone());
             tokio::spawn(pollers.run(frontend.subscribe_mappings()));
-            let destinations = invoq_adapters::from_setting(
-                &asynchronous.destinations,
-                &common.data_dir,
-                &aws_config,
-            )?;
-            let router_config = RouterConfig {
-                time_scale: asynchronous.time_scale,
-                ..RouterConfig::default()
-            };
-            let invoker = Arc::new(RegistryInvoker(frontend.clone()));
-            let router = Router::new(queue, destinations, invoker, router_config);
+            let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
+            let router = asynchronous.router(queue, destinations, registry);
             let router_metrics = router.metrics();
             frontend.add_metrics(Box::new(move || router_metrics.render()));
             tokio::spawn(router.run());
             serve_http(http.http_addr, frontend).await
+        }
+        Command::Frontend {
+            http,
+            common,
+            grpc_addr,
+            runtime,
+            queue,
+        } => {
+            let aws = aws().await;
+            let queue = queue.connect(&aws)?;
+            let frontend = open_frontend(&http, &common.data_dir, runtime.connect()?, queue)?;
+            frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws)));
+            let listener = bind(grpc_addr, "grpc").await?;
+            let services = GrpcServices {
+                registry: Some(frontend.clone()),
+                ..GrpcServices::default()
+            };
+            tokio::spawn(services.serve(listener));
+            serve_http(http.http_addr, frontend).await
+        }
+        Command::Runtime { common, grpc_addr } => {
+            let runtime = Arc::new(open_runtime(&common.data_dir)?);
+            let listener = bind(grpc_addr, "grpc").await?;
+            let services = GrpcServices {
+                runtime: Some(runtime),
+                ..GrpcServices::default()
+            };
+            services.serve(listener).await
+        }
+        Command::Queue {
+            common,
+            grpc_addr,
+            queue,
+        } => {
+            let queue = queue.open(&common.data_dir, &aws().await)?;
+            let listener = bind(grpc_addr, "grpc").await?;
+            let services = GrpcServices {
+                queue: Some(queue),
+                ..GrpcServices::default()
+            };
+            services.serve(listener).await
+        }
+        Command::Worker {
+            grpc_addr,
+            registry,
+            runtime,
+            queue,
+            asynchronous,
+        } => {
+            let asynchronous = asynchronous.validated()?;
+            let queue = queue.connect(&aws().await)?;
+            let worker = asynchronous.worker(queue, runtime.connect()?, registry.connect()?);
+            run_beside_health(grpc_addr, worker.run()).await
+        }
+        Command::Router {
+            common,
+            grpc_addr,
+            registry,
+            queue,
+            asynchronous,
+            destinations,
+        } => {
+            let asynchronous = asynchronous.validated()?;
+            let aws = aws().await;
+            let queue = queue.connect(&aws)?;
+            let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
+            let router = asynchronous.router(queue, destinations, registry.connect()?);
+            run_beside_health(grpc_addr, router.run()).await
+        }
+        Command::Pollers {
+            grpc_addr,
+            registry,
+            runtime,
+            queue,
+        } => {
+            let aws = aws().await;
+            let queue = queue.connect(&aws)?;
+            let registry = registry.connect()?;
+            let Registry::Remote(client) = registry.as_ref() else {
+                unreachable!("connect() gives a remote registry");
+            };
+            let mappings = client.watch_mappings();
+            let pollers = Pollers::new(aws, runtime.connect()?, registry.clone(), queue);
+            run_beside_health(grpc_addr, pollers.run(mappings)).await
         }
         Command::Parked {
             action,
@@ -221,21 +495,6 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status.is_success(), "invoq answered {status}");
             Ok(())
         }
-        Command::Frontend {
-            http,
-            common,
-            runtime_addr,
-        } => {
-            let runtime = RuntimeGrpcClient::connect_lazy(&runtime_addr)
-                .with_context(|| format!("runtime address {runtime_addr}"))?;
-            let frontend = open_frontend(&http, &common.data_dir, Arc::new(runtime), None)?;
-            serve_http(http.http_addr, frontend).await
-        }
-        Command::Runtime { common, grpc_addr } => {
-            let runtime = Arc::new(open_runtime(&common.data_dir)?);
-            let listener = bind(grpc_addr, "grpc").await?;
-            serve_grpc(listener, runtime, None).await
-        }
     }
 }
 
@@ -248,7 +507,7 @@ fn open_frontend(
     http: &HttpArgs,
     data_dir: &Path,
     runtime: Arc<dyn RuntimeService>,
-    queue: Option<Arc<dyn EventQueue>>,
+    queue: Arc<dyn EventQueue>,
 ) -> anyhow::Result<Arc<Frontend>> {
     let location = Location {
         region: http.region.clone(),
@@ -262,49 +521,58 @@ fn open_frontend(
     })
 }
 
-fn open_queue(args: &AsyncArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn EventQueue>> {
-    if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
-        anyhow::bail!(
-            "INVOQ_TIME_SCALE must be a positive number, not {}",
-            args.time_scale
-        );
-    }
-    let options = EmbeddedQueueOptions {
-        max_depth: args.queue_depth_limit,
-    };
-    let queue = match args.queue {
-        QueueBackend::Embedded => {
-            let path = data_dir.join("queue.redb");
-            EmbeddedQueue::open(&path, options)
-                .with_context(|| format!("cannot open the event queue {}", path.display()))?
-        }
-        QueueBackend::Memory => EmbeddedQueue::in_memory(options)?,
-    };
-    Ok(Arc::new(queue))
+fn open_destinations(
+    args: &DestinationArgs,
+    data_dir: &Path,
+    aws: &SdkConfig,
+) -> anyhow::Result<Arc<dyn Destination>> {
+    Ok(invoq_adapters::from_setting(
+        &args.destinations,
+        data_dir,
+        aws,
+    )?)
 }
 
-/// Function destinations: the router invokes them asynchronously through the frontend.
-struct RegistryInvoker(Arc<Frontend>);
-
-#[async_trait::async_trait]
-impl AsyncInvoker for RegistryInvoker {
-    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
-        self.0.invoke_event(function_arn, event).await
-    }
+/// The function registry as the worker, the router and the pollers see it: the frontend in
+/// this process, or the frontend's registry service in another.
+enum Registry {
+    Local(Arc<Frontend>),
+    Remote(RegistryGrpcClient),
 }
 
-/// The function registry, as the retry worker sees it.
-struct RegistryDirectory(Arc<Frontend>);
-
 #[async_trait::async_trait]
-impl FunctionDirectory for RegistryDirectory {
-    async fn resolve(&self, function_name: &str, qualifier: &str) -> Option<AsyncTarget> {
-        let (spec, settings) = self.0.async_target(function_name, qualifier)?;
-        Some(AsyncTarget { spec, settings })
+impl FunctionDirectory for Registry {
+    async fn resolve(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Result<Option<AsyncTarget>, RuntimeError> {
+        let resolved = match self {
+            Registry::Local(frontend) => frontend.async_target(function_name, qualifier),
+            Registry::Remote(client) => client
+                .resolve(function_name, qualifier)
+                .await
+                .map_err(|status| RuntimeError::Internal(format!("registry: {status}")))?,
+        };
+        Ok(resolved.map(|(spec, settings)| AsyncTarget { spec, settings }))
     }
 
     async fn code(&self, code_sha256_hex: &str) -> Result<bytes::Bytes, RuntimeError> {
-        self.0.code(code_sha256_hex)
+        match self {
+            Registry::Local(frontend) => frontend.code(code_sha256_hex),
+            Registry::Remote(client) => client.code(code_sha256_hex).await,
+        }
+    }
+}
+
+/// Function destinations: the router invokes them asynchronously through the frontend.
+#[async_trait::async_trait]
+impl AsyncInvoker for Registry {
+    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+        match self {
+            Registry::Local(frontend) => frontend.invoke_event(function_arn, event).await,
+            Registry::Remote(client) => client.invoke_event(function_arn, event).await,
+        }
     }
 }
 
@@ -316,21 +584,56 @@ async fn serve_http(http_addr: SocketAddr, frontend: Arc<Frontend>) -> anyhow::R
         .context("http server failed")
 }
 
-/// Serves the runtime, and the queue when this process owns one, over gRPC.
-async fn serve_grpc(
-    listener: TcpListener,
-    runtime: Arc<dyn RuntimeService>,
+/// The gRPC services one process serves, each with its grpc.health.v1 status.
+#[derive(Default)]
+struct GrpcServices {
+    runtime: Option<Arc<dyn RuntimeService>>,
     queue: Option<Arc<dyn EventQueue>>,
+    registry: Option<Arc<Frontend>>,
+}
+
+impl GrpcServices {
+    async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        if self.runtime.is_some() {
+            health
+                .set_serving::<RuntimeServer<RuntimeGrpcServer>>()
+                .await;
+        }
+        if self.queue.is_some() {
+            health.set_serving::<QueueServer<QueueGrpcServer>>().await;
+        }
+        if self.registry.is_some() {
+            health
+                .set_serving::<RegistryServer<RegistryGrpcServer>>()
+                .await;
+        }
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_optional_service(self.runtime.map(RuntimeGrpcServer::new))
+            .add_optional_service(self.queue.map(QueueGrpcServer::new))
+            .add_optional_service(self.registry.map(RegistryGrpcServer::new))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown_signal(),
+            )
+            .await
+            .context("grpc server failed")
+    }
+}
+
+/// Runs a consumer loop (worker, router, pollers) with a gRPC health service beside it, until
+/// a shutdown signal. The health status ("" = the whole process) is SERVING while it runs.
+async fn run_beside_health(
+    grpc_addr: SocketAddr,
+    work: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    tonic::transport::Server::builder()
-        .add_service(RuntimeGrpcServer::new(runtime))
-        .add_optional_service(queue.map(QueueGrpcServer::new))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown_signal(),
-        )
-        .await
-        .context("grpc server failed")
+    let listener = bind(grpc_addr, "grpc").await?;
+    let health = tokio::spawn(GrpcServices::default().serve(listener));
+    tokio::select! {
+        () = work => anyhow::bail!("the service stopped"),
+        served = health => served.context("health service panicked")?,
+    }
 }
 
 /// Binds a listener and announces its address on stdout (`invoq: <what> listening on <addr>`),
@@ -352,5 +655,15 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = interrupt => {}
         _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -44,8 +44,8 @@ impl Invoq {
     ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_invoq"))
             .args(args)
-            .arg("--data-dir")
-            .arg(data_dir)
+            // By environment, so services without a data directory ignore it.
+            .env("INVOQ_DATA_DIR", data_dir)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")

@@ -9,4 +9,5 @@ mod event_sources;
 mod harness;
 mod invoke;
 mod runtimes;
+mod scale_out;
 mod split;

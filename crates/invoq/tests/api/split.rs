@@ -14,10 +14,14 @@ fn start_frontend(runtime_url: &str, data: &std::path::Path) -> Invoq {
         "frontend",
         "--http-addr",
         "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
         "--runtime-addr",
         runtime_url,
+        "--queue-addr",
+        &format!("http://127.0.0.1:{}", free_port()),
     ];
-    Invoq::start(&args, data, &[], 1)
+    Invoq::start(&args, data, &[], 2)
 }
 
 /// A port nobody listens on right now, so a restarted runtime can come back on it.
@@ -74,7 +78,8 @@ async fn frontend_and_runtime_run_as_separate_processes() {
     };
     assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
 
-    // This frontend has no event queue: Event invokes are refused, never answered 202.
+    // This frontend's queue service is not running: Event invokes are refused, never
+    // answered 202.
     let event = client
         .invoke()
         .function_name("echo")
@@ -82,7 +87,7 @@ async fn frontend_and_runtime_run_as_separate_processes() {
         .send()
         .await
         .expect_err("no queue, no 202");
-    assert_eq!(event.code(), Some("InvalidParameterValueException"));
+    assert_eq!(event.code(), Some("ServiceException"));
 
     // A runtime that comes back empty gets the code again from the frontend on first use.
     runtime.kill();

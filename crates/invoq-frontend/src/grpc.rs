@@ -1,0 +1,208 @@
+//! The registry over gRPC (`invoq.v1.Registry`): [`RegistryGrpcServer`] serves a
+//! [`Frontend`]'s functions, async settings and event source mappings to the worker, router
+//! and pollers of other processes; [`RegistryGrpcClient`] is how they ask.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig};
+use invoq_domain::event_source::EventSourceMapping;
+use invoq_proto::v1 as pb;
+use invoq_proto::v1::registry_client::RegistryClient;
+use invoq_proto::v1::registry_server::{Registry, RegistryServer};
+use invoq_runtime::grpc::MAX_MESSAGE_BYTES;
+use invoq_runtime::{FunctionSpec, RuntimeError};
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::Frontend;
+
+/// How long a watcher waits before it reconnects to a registry that went away.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Serves a [`Frontend`] as the gRPC `invoq.v1.Registry` service.
+pub struct RegistryGrpcServer {
+    frontend: Arc<Frontend>,
+}
+
+impl RegistryGrpcServer {
+    pub fn new(frontend: Arc<Frontend>) -> RegistryServer<Self> {
+        RegistryServer::new(RegistryGrpcServer { frontend })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+type MappingStream = Pin<Box<dyn Stream<Item = Result<pb::Mappings, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Registry for RegistryGrpcServer {
+    async fn resolve_function(
+        &self,
+        request: Request<pb::ResolveFunctionRequest>,
+    ) -> Result<Response<pb::ResolveFunctionResponse>, Status> {
+        let request = request.into_inner();
+        let (spec, config, dead_letter_target_arn) = self
+            .frontend
+            .async_configuration(&request.function_name, &request.qualifier)
+            .ok_or_else(|| Status::not_found(format!("function {}", request.function_name)))?;
+        let event_invoke_config_json = config
+            .map(|config| serde_json::to_string(&config))
+            .transpose()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        Ok(Response::new(pb::ResolveFunctionResponse {
+            function: Some(spec.into()),
+            event_invoke_config_json,
+            dead_letter_target_arn,
+        }))
+    }
+
+    async fn get_code(
+        &self,
+        request: Request<pb::GetCodeRequest>,
+    ) -> Result<Response<pb::GetCodeResponse>, Status> {
+        let zip = self.frontend.code(&request.into_inner().code_sha256_hex)?;
+        Ok(Response::new(pb::GetCodeResponse { zip: zip.to_vec() }))
+    }
+
+    async fn invoke_event(
+        &self,
+        request: Request<pb::InvokeEventRequest>,
+    ) -> Result<Response<pb::InvokeEventResponse>, Status> {
+        let request = request.into_inner();
+        self.frontend
+            .invoke_event(&request.function_arn, &request.event)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::InvokeEventResponse {}))
+    }
+
+    type WatchMappingsStream = MappingStream;
+
+    async fn watch_mappings(
+        &self,
+        _request: Request<pb::WatchMappingsRequest>,
+    ) -> Result<Response<MappingStream>, Status> {
+        let stream = WatchStream::new(self.frontend.subscribe_mappings()).map(|mappings| {
+            let mapping_json = mappings
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()
+                .map_err(|error| Status::internal(error.to_string()))?;
+            Ok(pb::Mappings { mapping_json })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Calls a registry in another process.
+#[derive(Clone)]
+pub struct RegistryGrpcClient {
+    client: RegistryClient<Channel>,
+}
+
+impl RegistryGrpcClient {
+    /// A client for `address` (e.g. `http://127.0.0.1:9101`). Connects on first use, and again
+    /// after the registry restarts.
+    pub fn connect_lazy(address: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(address.to_owned())?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(RegistryGrpcClient {
+            client: RegistryClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        })
+    }
+
+    /// The function as an event should run now; `Ok(None)` if it no longer exists.
+    pub async fn resolve(
+        &self,
+        function_name: &str,
+        qualifier: &str,
+    ) -> Result<Option<(FunctionSpec, AsyncSettings)>, Status> {
+        let request = pb::ResolveFunctionRequest {
+            function_name: function_name.to_owned(),
+            qualifier: qualifier.to_owned(),
+        };
+        let response = match self.client.clone().resolve_function(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::NotFound => return Ok(None),
+            Err(status) => return Err(status),
+        };
+        let spec = response
+            .function
+            .ok_or_else(|| Status::internal("registry answered no function"))?
+            .try_into()?;
+        let config: Option<EventInvokeConfig> = response
+            .event_invoke_config_json
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let settings = AsyncSettings::new(config.as_ref(), response.dead_letter_target_arn);
+        Ok(Some((spec, settings)))
+    }
+
+    pub async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RuntimeError> {
+        let request = pb::GetCodeRequest {
+            code_sha256_hex: code_sha256_hex.to_owned(),
+        };
+        let response = self.client.clone().get_code(request).await?;
+        Ok(Bytes::from(response.into_inner().zip))
+    }
+
+    pub async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+        let request = pb::InvokeEventRequest {
+            function_arn: function_arn.to_owned(),
+            event: event.to_owned(),
+        };
+        self.client
+            .clone()
+            .invoke_event(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| status.message().to_owned())
+    }
+
+    /// The event source mappings, kept current by a background watch that reconnects when
+    /// the registry goes away. Starts empty until the registry first answers.
+    pub fn watch_mappings(&self) -> watch::Receiver<Vec<EventSourceMapping>> {
+        let (sender, receiver) = watch::channel(Vec::new());
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            while !sender.is_closed() {
+                if let Err(status) = follow_mappings(client.clone(), &sender).await {
+                    tracing::warn!(%status, "lost the registry's mappings; reconnecting");
+                }
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+        });
+        receiver
+    }
+}
+
+async fn follow_mappings(
+    mut client: RegistryClient<Channel>,
+    sender: &watch::Sender<Vec<EventSourceMapping>>,
+) -> Result<(), Status> {
+    let mut stream = client
+        .watch_mappings(pb::WatchMappingsRequest {})
+        .await?
+        .into_inner();
+    while let Some(mappings) = stream.message().await? {
+        let mappings = mappings
+            .mapping_json
+            .iter()
+            .map(|json| serde_json::from_str(json))
+            .collect::<Result<Vec<EventSourceMapping>, _>>()
+            .map_err(|error| Status::internal(error.to_string()))?;
+        if sender.send(mappings).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
