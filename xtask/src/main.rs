@@ -105,16 +105,22 @@ fn path_string(path: PathBuf) -> anyhow::Result<String> {
     Ok(path.to_str().context("non-UTF-8 path")?.to_owned())
 }
 
-/// The moto server the destination tests start, installed from PyPI into `.venv` once.
+/// The moto server the destination tests start, and the AWS CLI the end-to-end scripts use,
+/// installed from PyPI into `.venv` once.
 fn ensure_moto() -> anyhow::Result<PathBuf> {
     let venv = PathBuf::from(".venv");
     let moto_server = venv.join("bin/moto_server");
-    if moto_server.exists() {
+    if moto_server.exists() && venv.join("bin/aws").exists() {
         return Ok(std::fs::canonicalize(moto_server)?);
     }
-    eprintln!("$ python3 -m venv .venv && .venv/bin/pip install moto[server]");
+    eprintln!("$ python3 -m venv .venv && .venv/bin/pip install moto[server] awscli");
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "moto[server]==5.*"]))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "moto[server]==5.*",
+        "awscli==1.*",
+    ]))?;
     Ok(std::fs::canonicalize(moto_server)?)
 }
 

@@ -173,6 +173,12 @@ pub fn localstack_command(python: &Path, port: u16, state_dir: &Path) -> Command
     command
 }
 
+/// The AWS CLI that end-to-end scripts use: `INVOQ_AWS_CLI`, else `.venv/bin/aws` (installed
+/// by `cargo xtask test`).
+pub fn aws_cli() -> PathBuf {
+    tool("INVOQ_AWS_CLI", ".venv/bin/aws")
+}
+
 /// A tool's path from `variable`, else `default` under the workspace root.
 fn tool(variable: &str, default: &str) -> PathBuf {
     let path = std::env::var_os(variable)

@@ -131,6 +131,14 @@ enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
+    /// Ask a service's grpc.health.v1 endpoint whether it serves; exits non-zero if not.
+    Health {
+        /// The service's gRPC address, e.g. http://127.0.0.1:9102.
+        address: String,
+        /// The service name to ask about; empty asks about the whole process.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// List or redrive outcomes the router could not deliver, on a running invoq.
     Parked {
         #[command(subcommand)]
@@ -474,6 +482,25 @@ async fn main() -> anyhow::Result<()> {
             let mappings = client.watch_mappings();
             let pollers = Pollers::new(aws, runtime.connect()?, registry.clone(), queue);
             run_beside_health(grpc_addr, pollers.run(mappings)).await
+        }
+        Command::Health { address, service } => {
+            let channel = tonic::transport::Endpoint::from_shared(address.clone())?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {address}"))?;
+            let response = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .context("health check failed")?
+                .into_inner();
+            let status = response.status();
+            println!("{}", status.as_str_name());
+            anyhow::ensure!(
+                status == tonic_health::pb::health_check_response::ServingStatus::Serving,
+                "not serving"
+            );
+            Ok(())
         }
         Command::Parked {
             action,

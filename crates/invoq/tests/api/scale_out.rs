@@ -1,10 +1,12 @@
 //! Scale-out on SQS: every service a separate OS process over loopback gRPC, the queues in
-//! SQS (on the stand-in `INVOQ_AWS_STANDIN` names), two workers sharing them. One worker is
-//! SIGKILLed mid-load; every accepted request id must still reach exactly one terminal
-//! outcome (its OnSuccess record), none lost and none twice.
+//! SQS on the stand-in `INVOQ_AWS_STANDIN` names. Two workers share the queues and one is
+//! SIGKILLed mid-load: every accepted request id must still reach exactly one terminal outcome
+//! (its OnSuccess record), none lost and none twice. And the README's LocalStack example, run
+//! with the AWS CLI against the same shape of deployment as docker-compose.yml's.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_lambda::types::{DestinationConfig, OnSuccess};
@@ -15,14 +17,78 @@ use crate::harness::{AwsStandIn, Invoq, create_builtin, data_dir, invoke_event};
 const EVENTS: usize = 200;
 const KILL_AFTER: usize = 80;
 
-/// One invoq service process with the stand-in's environment and the SQS queue backend.
-fn service(args: &[&str], data: &Path, env: &[(&'static str, String)]) -> Invoq {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let listeners = if args[0] == "frontend" { 2 } else { 1 };
-    Invoq::start(args, data, &env, listeners)
+/// The services of docker-compose.yml's `localstack` profile, as local processes: a runtime,
+/// a frontend, `workers` workers, a router and the pollers, all on the SQS queue backend.
+struct Deployment {
+    frontend: Invoq,
+    workers: Vec<Invoq>,
+    router_data: tempfile::TempDir,
+    _others: Vec<Invoq>,
+    _data: Vec<tempfile::TempDir>,
 }
 
-/// Request ids of the OnSuccess records the router wrote, with how often each came.
+impl Deployment {
+    fn start(aws: &AwsStandIn, destinations: &str, workers: usize) -> Self {
+        let mut env = aws.env();
+        env.extend([
+            ("INVOQ_QUEUE", "sqs".to_owned()),
+            (
+                "INVOQ_SQS_QUEUE_PREFIX",
+                format!("t{}-", std::process::id()),
+            ),
+            ("INVOQ_DESTINATIONS", destinations.to_owned()),
+        ]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let grpc = ["--grpc-addr", "127.0.0.1:0"];
+        let (runtime_data, frontend_data, router_data, other_data) =
+            (data_dir(), data_dir(), data_dir(), data_dir());
+        let runtime = Invoq::start(&["runtime", grpc[0], grpc[1]], runtime_data.path(), &env, 1);
+        let runtime_addr = format!("http://{}", runtime.address("grpc"));
+        let http = ["--http-addr", "127.0.0.1:0"];
+        let frontend_args = ["frontend", http[0], http[1], grpc[0], grpc[1]];
+        let frontend = Invoq::start(
+            &[&frontend_args[..], &["--runtime-addr", &runtime_addr]].concat(),
+            frontend_data.path(),
+            &env,
+            2,
+        );
+        let registry_addr = format!("http://{}", frontend.address("grpc"));
+        let addresses = [
+            "--registry-addr",
+            &registry_addr,
+            "--runtime-addr",
+            &runtime_addr,
+        ];
+        let consumer = |role: &str, data: &Path, with_runtime: bool| {
+            let addresses = if with_runtime {
+                &addresses[..]
+            } else {
+                &addresses[..2]
+            };
+            Invoq::start(
+                &[&[role, grpc[0], grpc[1]], addresses].concat(),
+                data,
+                &env,
+                1,
+            )
+        };
+        let workers = (0..workers)
+            .map(|_| consumer("worker", other_data.path(), true))
+            .collect();
+        let router = consumer("router", router_data.path(), false);
+        let pollers = consumer("pollers", other_data.path(), true);
+        Deployment {
+            frontend,
+            workers,
+            router_data,
+            _others: vec![runtime, router, pollers],
+            _data: vec![runtime_data, frontend_data, other_data],
+        }
+    }
+}
+
+/// Request ids of the OnSuccess records the router wrote (file adapter), with how often each
+/// came.
 fn delivered(router_data: &Path) -> HashMap<String, usize> {
     let path = router_data.join("destinations/sqs/outcomes.jsonl");
     let mut seen = HashMap::new();
@@ -37,50 +103,8 @@ fn delivered(router_data: &Path) -> HashMap<String, usize> {
 #[tokio::test]
 async fn two_workers_on_sqs_survive_a_sigkill_without_losing_or_repeating_an_outcome() {
     let aws = AwsStandIn::start();
-    let mut env = aws.env();
-    let prefix = format!("t{}-", std::process::id());
-    env.extend([
-        ("INVOQ_QUEUE", "sqs".to_owned()),
-        ("INVOQ_SQS_QUEUE_PREFIX", prefix),
-        ("INVOQ_DESTINATIONS", "file".to_owned()),
-    ]);
-    let grpc = ["--grpc-addr", "127.0.0.1:0"];
-    let (runtime_data, frontend_data, worker_data, router_data) =
-        (data_dir(), data_dir(), data_dir(), data_dir());
-    let runtime = service(&["runtime", grpc[0], grpc[1]], runtime_data.path(), &env);
-    let runtime_addr = format!("http://{}", runtime.address("grpc"));
-    let frontend = service(
-        &[
-            "frontend",
-            "--http-addr",
-            "127.0.0.1:0",
-            grpc[0],
-            grpc[1],
-            "--runtime-addr",
-            &runtime_addr,
-        ],
-        frontend_data.path(),
-        &env,
-    );
-    let registry_addr = format!("http://{}", frontend.address("grpc"));
-    let consumer_args = |role: &'static str| {
-        vec![
-            role,
-            grpc[0],
-            grpc[1],
-            "--registry-addr",
-            &registry_addr,
-            "--runtime-addr",
-            &runtime_addr,
-        ]
-    };
-    let doomed = service(&consumer_args("worker"), worker_data.path(), &env);
-    let _survivor = service(&consumer_args("worker"), worker_data.path(), &env);
-    let mut router_args = consumer_args("router");
-    router_args.truncate(5);
-    let _router = service(&router_args, router_data.path(), &env);
-
-    let client = frontend.client();
+    let mut deployment = Deployment::start(&aws, "file", 2);
+    let client = deployment.frontend.client();
     create_builtin(&client, "echo", "echo").await;
     client
         .put_function_event_invoke_config()
@@ -99,19 +123,19 @@ async fn two_workers_on_sqs_survive_a_sigkill_without_losing_or_repeating_an_out
         .expect("event invoke config");
 
     let mut accepted = Vec::with_capacity(EVENTS);
-    let mut doomed = Some(doomed);
     for index in 0..EVENTS {
         accepted.push(invoke_event(&client, "echo", &format!(r#"{{"n":{index}}}"#)).await);
         if index == KILL_AFTER {
             // Mid-load: the worker holds leases, runs events and hands outcomes off.
-            doomed.take().unwrap().kill();
+            deployment.workers.remove(0).kill();
         }
     }
 
     // Leases of the killed worker come back after their visibility timeout (seconds).
+    let router_data = deployment.router_data.path();
     let mut seen = HashMap::new();
     for _ in 0..600 {
-        seen = delivered(router_data.path());
+        seen = delivered(router_data);
         if accepted.iter().all(|id| seen.contains_key(id)) {
             break;
         }
@@ -124,11 +148,63 @@ async fn two_workers_on_sqs_survive_a_sigkill_without_losing_or_repeating_an_out
     assert!(lost.is_empty(), "{} of {EVENTS} lost: {lost:?}", lost.len());
     // Give a late duplicate time to show up before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let seen = delivered(router_data.path());
+    let seen = delivered(router_data);
     let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, count)| **count > 1).collect();
     assert!(
         twice.is_empty(),
         "outcomes delivered more than once: {twice:?}"
     );
     assert_eq!(seen.len(), EVENTS);
+}
+
+/// A shell script run with the AWS CLI on PATH and the stand-in's environment.
+fn script(path: &str, aws: &AwsStandIn, env: &[(&str, &str)]) -> String {
+    let cli = invoq_testkit::aws_cli();
+    let path_var = format!(
+        "{}:{}",
+        cli.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = Command::new("sh")
+        .arg(root.join(path))
+        .envs(aws.env())
+        .env("PATH", path_var)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run script");
+    assert!(
+        output.status.success(),
+        "{path} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_readme_example_runs_with_the_aws_cli() {
+    let aws = AwsStandIn::start();
+    script("deploy/localstack-init.sh", &aws, &[]);
+    let deployment = Deployment::start(&aws, "aws", 1);
+    let invoq = deployment.frontend.http_url();
+    let output = script(
+        "examples/localstack/demo.sh",
+        &aws,
+        &[
+            ("INVOQ_ENDPOINT_URL", invoq.as_str()),
+            ("AWS_ACCOUNT_ID", invoq_testkit::ACCOUNT),
+        ],
+    );
+    let record: Value = serde_json::from_str(output.trim()).expect("the record, as JSON");
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(
+        record["requestPayload"],
+        serde_json::json!({"hello": "world"})
+    );
+    assert_eq!(
+        record["responsePayload"],
+        serde_json::json!({"hello": "world"})
+    );
 }
