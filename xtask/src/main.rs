@@ -3,7 +3,8 @@
 //! - `test`: installs the AWS stand-ins (moto server into `.venv`, LocalStack's runtime into
 //!   `.venv-localstack`), builds the example functions the tests deploy, runs every test
 //!   against moto, then the AWS-facing suites again against LocalStack;
-//! - `ci`: formatting check, clippy with warnings as errors, then `test`;
+//! - `ci`: formatting check, clippy with warnings as errors, the docker-compose.yml check,
+//!   then `test`;
 //! - `localstack`: LocalStack on 127.0.0.1:4566 without Docker, in the foreground.
 
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ fn main() -> anyhow::Result<()> {
                 ],
                 &[],
             )?;
+            check_compose()?;
             test()
         }
         Task::Localstack { port } => {
@@ -99,6 +101,33 @@ fn test() -> anyhow::Result<()> {
         ],
         &env,
     )
+}
+
+/// Validates docker-compose.yml and the Dockerfile without a Docker engine: docker-compose
+/// (v1, from Debian) checks the schema, deploy/check-compose.py the invoq commands in it.
+fn check_compose() -> anyhow::Result<()> {
+    let have_compose = || {
+        Command::new("docker-compose")
+            .arg("version")
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if !have_compose() {
+        eprintln!("$ apt-get install docker-compose");
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "docker-compose",
+        ]))?;
+    }
+    cargo(&["build", "--package", "invoq"], &[])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    // Debian's Python: docker-compose brought PyYAML into it.
+    run(Command::new("/usr/bin/python3")
+        .arg("deploy/check-compose.py")
+        .arg(PathBuf::from(target).join("debug/invoq")))
 }
 
 fn path_string(path: PathBuf) -> anyhow::Result<String> {
