@@ -44,7 +44,7 @@ pub struct Frontend {
     location: Location,
     store: FunctionStore,
     runtime: Arc<dyn RuntimeService>,
-    /// Where Event invocations go; without one, Event invokes are refused.
+    /// Where Event invocations go: in process, the queue service, or SQS.
     queue: Arc<dyn EventQueue>,
     metrics: Metrics,
     mappings: event_source_mappings::MappingStore,

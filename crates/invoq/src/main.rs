@@ -206,10 +206,9 @@ struct RegistryAddr {
 }
 
 impl RegistryAddr {
-    fn connect(&self) -> anyhow::Result<Arc<Registry>> {
-        let client = RegistryGrpcClient::connect_lazy(&self.registry_addr)
-            .with_context(|| format!("registry address {}", self.registry_addr))?;
-        Ok(Arc::new(Registry::Remote(client)))
+    fn connect(&self) -> anyhow::Result<RegistryGrpcClient> {
+        RegistryGrpcClient::connect_lazy(&self.registry_addr)
+            .with_context(|| format!("registry address {}", self.registry_addr))
     }
 }
 
@@ -449,7 +448,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let asynchronous = asynchronous.validated()?;
             let queue = queue.connect(&aws().await)?;
-            let worker = asynchronous.worker(queue, runtime.connect()?, registry.connect()?);
+            let registry = Arc::new(Registry::Remote(registry.connect()?));
+            let worker = asynchronous.worker(queue, runtime.connect()?, registry);
             run_beside_health(grpc_addr, worker.run()).await
         }
         Command::Router {
@@ -464,7 +464,8 @@ async fn main() -> anyhow::Result<()> {
             let aws = aws().await;
             let queue = queue.connect(&aws)?;
             let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
-            let router = asynchronous.router(queue, destinations, registry.connect()?);
+            let registry = Arc::new(Registry::Remote(registry.connect()?));
+            let router = asynchronous.router(queue, destinations, registry);
             run_beside_health(grpc_addr, router.run()).await
         }
         Command::Pollers {
@@ -475,12 +476,10 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let aws = aws().await;
             let queue = queue.connect(&aws)?;
-            let registry = registry.connect()?;
-            let Registry::Remote(client) = registry.as_ref() else {
-                unreachable!("connect() gives a remote registry");
-            };
+            let client = registry.connect()?;
             let mappings = client.watch_mappings();
-            let pollers = Pollers::new(aws, runtime.connect()?, registry.clone(), queue);
+            let registry = Arc::new(Registry::Remote(client));
+            let pollers = Pollers::new(aws, runtime.connect()?, registry, queue);
             run_beside_health(grpc_addr, pollers.run(mappings)).await
         }
         Command::Health { address, service } => {
