@@ -103,6 +103,8 @@ struct SqsQueueHandle {
     deletes: Batcher<String>,
     visibility_changes: Batcher<(String, i32)>,
     depth: Mutex<Option<(Instant, u64)>>,
+    /// Held by the one request that refreshes `depth`; the others use the value last seen.
+    depth_refresh: tokio::sync::Mutex<()>,
 }
 
 /// A message to send.
@@ -171,13 +173,24 @@ impl SqsQueue {
     }
 
     /// The queue's depth for the admission limit, at most `depth_refresh` old.
+    /// One request at a time asks SQS; under load the others go on with the last value.
     async fn depth_for_limit(&self, handle: &SqsQueueHandle) -> Result<u64, QueueError> {
-        let cached = *handle.depth.lock().expect("depth poisoned");
-        if let Some((seen, depth)) = cached
-            && seen.elapsed() < self.options.depth_refresh
-        {
-            return Ok(depth);
-        }
+        let cached = || *handle.depth.lock().expect("depth poisoned");
+        let fresh = |seen: Instant| seen.elapsed() < self.options.depth_refresh;
+        let _refreshing = match (cached(), handle.depth_refresh.try_lock()) {
+            (Some((seen, depth)), _) if fresh(seen) => return Ok(depth),
+            (Some((_, depth)), Err(_)) => return Ok(depth),
+            (_, Ok(guard)) => guard,
+            (None, Err(_)) => {
+                let guard = handle.depth_refresh.lock().await;
+                if let Some((seen, depth)) = cached()
+                    && fresh(seen)
+                {
+                    return Ok(depth);
+                }
+                guard
+            }
+        };
         let depth = self.stats_of(handle).await?.depth;
         *handle.depth.lock().expect("depth poisoned") = Some((Instant::now(), depth));
         Ok(depth)
@@ -399,6 +412,7 @@ impl SqsQueueHandle {
             deletes,
             visibility_changes,
             depth: Mutex::new(None),
+            depth_refresh: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -725,8 +739,12 @@ where
     QueueError::Storage(format!("SQS: {}", DisplayErrorContext(&error)))
 }
 
-/// Coalesces concurrent single requests into SQS batch calls: a request waits only for a
-/// free flush slot, and takes every request queued behind it (up to SQS's limits) along.
+/// Coalesces concurrent single requests into SQS batch calls.
+///
+/// Full batches go out at once, up to `FLUSHES_IN_FLIGHT` together; at most one partial
+/// batch is in flight, and requests that arrive meanwhile join the next one. A lone request
+/// is sent without waiting, and when the server is slower than the arrivals, batches fill up
+/// instead of many small calls queueing at the server (LocalStack serves them one at a time).
 struct Batcher<T> {
     requests: mpsc::UnboundedSender<Pending<T>>,
 }
@@ -735,6 +753,35 @@ struct Pending<T> {
     entry: T,
     size: usize,
     done: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// A batch being collected, within SQS's entry and byte limits.
+struct Collecting<T> {
+    batch: Vec<Pending<T>>,
+    bytes: usize,
+}
+
+impl<T> Collecting<T> {
+    fn new(first: Pending<T>) -> Self {
+        Collecting {
+            bytes: first.size,
+            batch: vec![first],
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.batch.len() >= MAX_BATCH_ENTRIES
+    }
+
+    /// Adds `next`, or gives it back when it would break the byte limit.
+    fn push(&mut self, next: Pending<T>) -> Result<(), Pending<T>> {
+        if self.bytes + next.size > MAX_BATCH_BYTES {
+            return Err(next);
+        }
+        self.bytes += next.size;
+        self.batch.push(next);
+        Ok(())
+    }
 }
 
 impl<T: Send + 'static> Batcher<T> {
@@ -748,6 +795,7 @@ impl<T: Send + 'static> Batcher<T> {
         let flush = Arc::new(flush);
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(FLUSHES_IN_FLIGHT));
+            let partial = Arc::new(Semaphore::new(1));
             let mut carried: Option<Pending<T>> = None;
             loop {
                 let first = match carried.take() {
@@ -760,24 +808,29 @@ impl<T: Send + 'static> Batcher<T> {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let mut bytes = first.size;
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH_ENTRIES {
+                let mut collecting = Collecting::new(first);
+                while !collecting.is_full() && carried.is_none() {
                     match incoming.try_recv() {
-                        Ok(next) if bytes + next.size <= MAX_BATCH_BYTES => {
-                            bytes += next.size;
-                            batch.push(next);
-                        }
-                        Ok(next) => {
-                            carried = Some(next);
+                        Ok(next) => carried = collecting.push(next).err(),
+                        Err(_) => break,
+                    }
+                }
+                // A partial batch waits for the partial one in flight, and keeps filling.
+                let mut partial_permit = None;
+                while !collecting.is_full() && carried.is_none() {
+                    tokio::select! {
+                        biased;
+                        permit = partial.clone().acquire_owned() => {
+                            partial_permit = permit.ok();
                             break;
                         }
-                        Err(_) => break,
+                        Some(next) = incoming.recv() => carried = collecting.push(next).err(),
                     }
                 }
                 let flush = flush.clone();
                 tokio::spawn(async move {
-                    let (entries, waiters): (Vec<T>, Vec<_>) = batch
+                    let (entries, waiters): (Vec<T>, Vec<_>) = collecting
+                        .batch
                         .into_iter()
                         .map(|pending| (pending.entry, pending.done))
                         .unzip();
@@ -789,7 +842,7 @@ impl<T: Send + 'static> Batcher<T> {
                     for (waiter, result) in waiters.into_iter().zip(results) {
                         let _ = waiter.send(result);
                     }
-                    drop(slot);
+                    drop((slot, partial_permit));
                 });
             }
         });
@@ -803,5 +856,43 @@ impl<T: Send + 'static> Batcher<T> {
             .send(Pending { entry, size, done })
             .map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lone request goes at once; requests trickling in while it is in flight are collected
+    /// into full batches, which go straight away, and the remainder waits for it.
+    #[tokio::test(start_paused = true)]
+    async fn the_batcher_sends_full_batches_and_one_partial_at_a_time() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let batcher = {
+            let sizes = sizes.clone();
+            Arc::new(Batcher::start(move |batch: Vec<u32>| {
+                sizes.lock().unwrap().push(batch.len());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    batch.iter().map(|_| Ok(())).collect()
+                }
+            }))
+        };
+        let lone = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(0, 1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut crowd = Vec::new();
+        for entry in 1..=25 {
+            let batcher = batcher.clone();
+            crowd.push(tokio::spawn(async move { batcher.submit(entry, 1).await }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lone.await.unwrap().unwrap();
+        for request in crowd {
+            request.await.unwrap().unwrap();
+        }
+        assert_eq!(*sizes.lock().unwrap(), [1, 10, 10, 5]);
     }
 }
