@@ -38,6 +38,12 @@ impl StandInKind {
             Ok(other) => panic!("INVOQ_AWS_STANDIN must be moto or localstack, not {other}"),
         }
     }
+
+    /// Whether a FIFO queue remembers a `MessageDeduplicationId` for SQS's 5-minute window
+    /// even after the message is deleted. moto 5 forgets it with the message.
+    pub fn keeps_deduplication_ids_after_delete(self) -> bool {
+        self == StandInKind::LocalStack
+    }
 }
 
 /// A running moto server or LocalStack, owned by one test. Stopped when dropped.
