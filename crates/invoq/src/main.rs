@@ -131,6 +131,15 @@ enum Command {
         #[command(flatten)]
         queue: QueueArgs,
     },
+    /// Load-test the invoke paths (see BENCHMARKS.md): per-event stage latencies, lost and
+    /// duplicated events, JSON and HTML reports.
+    Bench(Box<invoq_bench::BenchArgs>),
+    /// The bare HTTP server of `invoq bench`'s baseline: 202 to every request.
+    #[command(hide = true)]
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        http_addr: SocketAddr,
+    },
     /// Ask a service's grpc.health.v1 endpoint whether it serves; exits non-zero if not.
     Health {
         /// The service's gRPC address, e.g. http://127.0.0.1:9102.
@@ -291,7 +300,8 @@ struct AsyncArgs {
     /// Multiplies every wait of the async path (retry delays, backoff, event-age limits).
     #[arg(long, env = "INVOQ_TIME_SCALE", default_value_t = 1.0)]
     time_scale: f64,
-    /// Queued events run at the same time, at most.
+    /// Queued events run at the same time, at most (`invoq serve`: 0 runs no worker, so
+    /// events wait in the queue, e.g. for workers elsewhere).
     #[arg(long, env = "INVOQ_WORKER_CONCURRENCY", default_value_t = 64)]
     worker_concurrency: usize,
 }
@@ -352,12 +362,17 @@ struct CommonArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // One JSON object per line for log shippers (and `invoq bench`, which reads the timeline).
+    match std::env::var("INVOQ_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().flatten_event(true).init(),
+        Ok("text") | Err(_) => logs.init(),
+        Ok(other) => anyhow::bail!("INVOQ_LOG_FORMAT must be text or json, not {other}"),
+    }
     // One AWS environment for the adapters, the pollers and the SQS queue backend.
     let aws = || invoq_adapters::aws::sdk_config_from_env();
     match Cli::parse().command {
@@ -385,10 +400,13 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(services.serve(listener));
             }
             let registry = Arc::new(Registry::Local(frontend.clone()));
-            let worker = asynchronous.worker(queue.clone(), runtime.clone(), registry.clone());
-            let worker_metrics = worker.metrics();
-            frontend.add_metrics(Box::new(move || worker_metrics.render()));
-            tokio::spawn(worker.run());
+            // No worker at all with a concurrency of 0: events wait in the queue for one.
+            if asynchronous.worker_concurrency > 0 {
+                let worker = asynchronous.worker(queue.clone(), runtime.clone(), registry.clone());
+                let worker_metrics = worker.metrics();
+                frontend.add_metrics(Box::new(move || worker_metrics.render()));
+                tokio::spawn(worker.run());
+            }
             let pollers = Pollers::new(aws.clone(), runtime, registry.clone(), queue.clone());
             tokio::spawn(pollers.run(frontend.subscribe_mappings()));
             let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
@@ -481,6 +499,17 @@ async fn main() -> anyhow::Result<()> {
             let registry = Arc::new(Registry::Remote(client));
             let pollers = Pollers::new(aws, runtime.connect()?, registry, queue);
             run_beside_health(grpc_addr, pollers.run(mappings)).await
+        }
+        Command::Bench(args) => {
+            invoq_bench::run(*args).await?;
+            Ok(())
+        }
+        Command::Baseline { http_addr } => {
+            let listener = bind(http_addr, "http").await?;
+            axum::serve(listener, invoq_bench::baseline::router())
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("baseline server failed")
         }
         Command::Health { address, service } => {
             let channel = tonic::transport::Endpoint::from_shared(address.clone())?
