@@ -45,7 +45,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         // Backoff 1, 2, 4 ... 256, 300, 300 s: parked after about 20 minutes of trying.
         RouterConfig {
-            concurrency: 32,
+            concurrency: 256,
             max_attempts: 12,
             time_scale: 1.0,
         }

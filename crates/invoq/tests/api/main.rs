@@ -3,6 +3,7 @@
 
 mod adapters;
 mod asynchronous;
+mod bench;
 mod control_plane;
 mod destinations;
 mod event_sources;
