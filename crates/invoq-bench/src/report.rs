@@ -29,7 +29,8 @@ pub struct Report {
     pub refused: u64,
     pub accepted_per_second: f64,
     pub stages: Vec<Stage>,
-    /// Accepted events with a record in a destination (None: records not followed).
+    /// Accepted events with a record in a destination (None: records not followed). `lost`
+    /// are the others: no record within `--settle-timeout`.
     pub delivered: Option<u64>,
     pub lost: Option<u64>,
     /// Records beyond the first for the same request id.
@@ -316,7 +317,8 @@ impl Report {
         {
             let _ = writeln!(
                 out,
-                "delivered {delivered}, lost {lost}, duplicates {duplicates}, failed {}, retried {}",
+                "delivered {delivered}, lost {lost} (no record within --settle-timeout), \
+                 duplicates {duplicates}, failed {}, retried {}",
                 self.failed.unwrap_or(0),
                 self.retried.unwrap_or(0)
             );
