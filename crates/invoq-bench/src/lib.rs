@@ -339,7 +339,7 @@ async fn baseline(args: &BenchArgs, load: &Load) -> Result<Baseline, BenchError>
     let sent = load.run(&progress.sent).await?;
     progress.finish();
     server.stop().await;
-    Ok(Baseline::from_sent(&sent, load.duration))
+    Ok(Baseline::from_sent(&sent))
 }
 
 /// The live progress bar: invokes sent, the rate, and records seen.

@@ -42,8 +42,6 @@ pub struct Observed {
     pub attempts: HashMap<String, Vec<Attempt>>,
     /// When the last record was seen.
     pub last_observed: Option<Instant>,
-    /// Whether invoq's timeline was read (stages inside invoq are known).
-    pub timeline: bool,
 }
 
 pub struct Observer {
@@ -56,10 +54,7 @@ pub struct Observer {
 impl Observer {
     /// Follows `<records>/sqs/invoq-bench-{success,failure}.jsonl` and, if given, the log.
     pub fn start(records: PathBuf, log: Option<PathBuf>) -> Observer {
-        let state = Arc::new(Mutex::new(Observed {
-            timeline: log.is_some(),
-            ..Observed::default()
-        }));
+        let state = Arc::new(Mutex::new(Observed::default()));
         let counter = Counter::default();
         let stop = Arc::new(AtomicBool::new(false));
         let mut files: Vec<Tail> = [ON_SUCCESS, ON_FAILURE]

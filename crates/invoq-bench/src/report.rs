@@ -88,7 +88,7 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    pub fn from_sent(sent: &[Sent], _duration: Duration) -> Baseline {
+    pub fn from_sent(sent: &[Sent]) -> Baseline {
         let mut accept = Latencies::default();
         for s in sent.iter().filter(|s| s.status < 300) {
             accept.record(s.latency_us);
@@ -235,13 +235,17 @@ impl Report {
         };
         let series = seconds
             .into_iter()
-            .map(|(second, (invokes, accept, end_to_end))| Second {
-                second,
-                invokes,
-                accept_p50_ms: accept.summary().p50_ms,
-                accept_p99_ms: accept.summary().p99_ms,
-                end_to_end_p50_ms: (!end_to_end.is_empty()).then(|| end_to_end.summary().p50_ms),
-                end_to_end_p99_ms: (!end_to_end.is_empty()).then(|| end_to_end.summary().p99_ms),
+            .map(|(second, (invokes, accept, end_to_end))| {
+                let accept = accept.summary();
+                let end_to_end = (!end_to_end.is_empty()).then(|| end_to_end.summary());
+                Second {
+                    second,
+                    invokes,
+                    accept_p50_ms: accept.p50_ms,
+                    accept_p99_ms: accept.p99_ms,
+                    end_to_end_p50_ms: end_to_end.as_ref().map(|s| s.p50_ms),
+                    end_to_end_p99_ms: end_to_end.as_ref().map(|s| s.p99_ms),
+                }
             })
             .collect();
         let baseline_ratio = baseline
@@ -353,14 +357,14 @@ impl Report {
         std::fs::create_dir_all(dir)
             .map_err(BenchError::io(format!("creating {}", dir.display())))?;
         let name = format!("{:?}", self.scenario).to_lowercase();
-        let json = dir.join(format!("{name}.json"));
-        let html = dir.join(format!("{name}.html"));
+        let json_path = dir.join(format!("{name}.json"));
+        let html_path = dir.join(format!("{name}.html"));
         let text = serde_json::to_string_pretty(self).expect("a report serializes");
-        std::fs::write(&json, text)
-            .map_err(BenchError::io(format!("writing {}", json.display())))?;
-        std::fs::write(&html, crate::report::html(self))
-            .map_err(BenchError::io(format!("writing {}", html.display())))?;
-        Ok((json, html))
+        std::fs::write(&json_path, text)
+            .map_err(BenchError::io(format!("writing {}", json_path.display())))?;
+        std::fs::write(&html_path, html(self))
+            .map_err(BenchError::io(format!("writing {}", html_path.display())))?;
+        Ok((json_path, html_path))
     }
 }
 

@@ -104,7 +104,7 @@ struct SqsQueueHandle {
     visibility_changes: Batcher<(String, i32)>,
     depth: Mutex<Option<(Instant, u64)>>,
     /// Held by the one request that refreshes `depth`; the others use the value last seen.
-    depth_refresh: tokio::sync::Mutex<()>,
+    depth_refreshing: tokio::sync::Mutex<()>,
 }
 
 /// A message to send.
@@ -177,12 +177,12 @@ impl SqsQueue {
     async fn depth_for_limit(&self, handle: &SqsQueueHandle) -> Result<u64, QueueError> {
         let cached = || *handle.depth.lock().expect("depth poisoned");
         let fresh = |seen: Instant| seen.elapsed() < self.options.depth_refresh;
-        let _refreshing = match (cached(), handle.depth_refresh.try_lock()) {
+        let _refreshing = match (cached(), handle.depth_refreshing.try_lock()) {
             (Some((seen, depth)), _) if fresh(seen) => return Ok(depth),
             (Some((_, depth)), Err(_)) => return Ok(depth),
             (_, Ok(guard)) => guard,
             (None, Err(_)) => {
-                let guard = handle.depth_refresh.lock().await;
+                let guard = handle.depth_refreshing.lock().await;
                 if let Some((seen, depth)) = cached()
                     && fresh(seen)
                 {
@@ -412,7 +412,7 @@ impl SqsQueueHandle {
             deletes,
             visibility_changes,
             depth: Mutex::new(None),
-            depth_refresh: tokio::sync::Mutex::new(()),
+            depth_refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
