@@ -26,6 +26,7 @@ fn backends() -> Vec<(&'static str, Arc<dyn EventQueue>, Option<tempfile::TempDi
     let dir = tempfile::tempdir().expect("a temporary directory");
     let options = EmbeddedQueueOptions {
         max_depth: u64::MAX,
+        ..EmbeddedQueueOptions::default()
     };
     let embedded = EmbeddedQueue::open(&dir.path().join("queue.redb"), options.clone())
         .expect("an embedded queue");

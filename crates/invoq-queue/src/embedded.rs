@@ -45,12 +45,17 @@ const MAX_BATCH: usize = 512;
 pub struct EmbeddedQueueOptions {
     /// Plain enqueues are refused past this many items in the target queue.
     pub max_depth: u64,
+    /// Bytes of database pages redb keeps in memory. redb's own default is 1 GiB, which a
+    /// queue of a million events fills; a queue touches mostly its head and tail, so a small
+    /// cache costs little speed and keeps the process small.
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedQueueOptions {
     fn default() -> Self {
         EmbeddedQueueOptions {
             max_depth: 1_000_000,
+            cache_bytes: 32 << 20,
         }
     }
 }
@@ -88,13 +93,17 @@ impl EmbeddedQueue {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(storage)?;
         }
-        let db = Database::create(path).map_err(storage)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(storage)?;
         Self::start(db, options)
     }
 
     /// The same engine, in memory: nothing survives the process.
     pub fn in_memory(options: EmbeddedQueueOptions) -> Result<Self, QueueError> {
         let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
         Self::start(db, options)

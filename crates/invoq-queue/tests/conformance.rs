@@ -69,7 +69,10 @@ impl Backend {
 /// Every backend, fresh: embedded on disk, in memory, behind the gRPC service (the client is
 /// what services in other processes use), and SQS.
 async fn backends(max_depth: u64) -> Vec<Backend> {
-    let options = EmbeddedQueueOptions { max_depth };
+    let options = EmbeddedQueueOptions {
+        max_depth,
+        ..EmbeddedQueueOptions::default()
+    };
     let dir = tempfile::tempdir().unwrap();
     let embedded = EmbeddedQueue::open(&dir.path().join("queue.redb"), options.clone()).unwrap();
     let memory = EmbeddedQueue::in_memory(options.clone()).unwrap();

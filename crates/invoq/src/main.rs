@@ -238,6 +238,9 @@ struct QueueArgs {
     /// Event invokes are refused with 429 past this many queued events.
     #[arg(long, env = "INVOQ_QUEUE_DEPTH_LIMIT", default_value_t = 1_000_000)]
     queue_depth_limit: u64,
+    /// Embedded backend: MiB of database pages kept in memory.
+    #[arg(long, env = "INVOQ_QUEUE_CACHE_MB", default_value_t = 32)]
+    queue_cache_mb: usize,
     /// SQS backend: queues are named <prefix><queue>.fifo.
     #[arg(long, env = "INVOQ_SQS_QUEUE_PREFIX", default_value = "invoq-")]
     sqs_queue_prefix: String,
@@ -255,6 +258,7 @@ impl QueueArgs {
     fn open(&self, data_dir: &Path, aws: &SdkConfig) -> anyhow::Result<Arc<dyn EventQueue>> {
         let options = EmbeddedQueueOptions {
             max_depth: self.queue_depth_limit,
+            cache_bytes: self.queue_cache_mb << 20,
         };
         let queue: Arc<dyn EventQueue> =
             match self.queue {
