@@ -371,14 +371,23 @@ impl Writer {
         }
     }
 
+    /// Commits a batch as up to two transactions: leases and extensions first, without
+    /// fsync, so that a worker asking for work does not wait for the disk; then everything
+    /// that must survive a crash, with one fsync for all of it.
     fn commit_batch(&self, batch: &mut Vec<Command>) {
-        let durability = if batch.iter().any(Command::needs_fsync) {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        let made_visible = batch.iter().any(Command::makes_visible);
-        let mut commands = std::mem::take(batch).into_iter();
+        let (durable, quick): (Vec<Command>, Vec<Command>) =
+            batch.drain(..).partition(Command::needs_fsync);
+        if !quick.is_empty() {
+            self.commit(quick, Durability::None);
+        }
+        if !durable.is_empty() {
+            self.commit(durable, Durability::Immediate);
+        }
+    }
+
+    fn commit(&self, commands: Vec<Command>, durability: Durability) {
+        let made_visible = commands.iter().any(Command::makes_visible);
+        let mut commands = commands.into_iter();
         let mut depth_changes: HashMap<String, i64> = HashMap::new();
         let mut replies: Vec<PendingReply> = Vec::with_capacity(commands.len());
         let result = (|| -> Result<(), QueueError> {
