@@ -16,6 +16,7 @@ mod code_store;
 pub mod grpc;
 mod invocation_log;
 mod local;
+mod log_archive;
 mod runtime_api;
 mod sandbox;
 

@@ -2,8 +2,7 @@
 //! pools per function revision, and Lambda's platform error payloads.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::code_store::CodeStore;
 use crate::invocation_log::{InvocationLog, Report};
+use crate::log_archive::LogArchive;
 use crate::sandbox::{Outcome, Sandbox, SandboxRun, platform_message};
 use crate::{
     BUILTIN_RUNTIME, FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService,
@@ -29,7 +29,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// each function's kept logs.
 pub struct LocalRuntime {
     code_store: CodeStore,
-    log_dir: PathBuf,
+    logs: LogArchive,
     functions: Arc<FunctionMap>,
     account_in_flight: Arc<AtomicU32>,
 }
@@ -69,8 +69,6 @@ impl LocalRuntime {
     /// than `idle_timeout`. Must be called within a Tokio runtime.
     pub fn open(data_dir: &Path, idle_timeout: Duration) -> std::io::Result<Self> {
         let root = data_dir.join("runtime");
-        let log_dir = root.join("logs");
-        std::fs::create_dir_all(&log_dir)?;
         let functions = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(reap_idle_sandboxes(
             Arc::downgrade(&functions),
@@ -78,7 +76,7 @@ impl LocalRuntime {
         ));
         Ok(LocalRuntime {
             code_store: CodeStore::open(root.join("code"))?,
-            log_dir,
+            logs: LogArchive::open(root.join("logs"))?,
             functions,
             account_in_flight: Arc::new(AtomicU32::new(0)),
         })
@@ -162,19 +160,6 @@ impl LocalRuntime {
         }
         Ok(run)
     }
-
-    /// Keeps the invocation's log in `<data-dir>/runtime/logs/<function>.log`.
-    fn archive_log(&self, function_name: &str, log: &str) {
-        let path = self.log_dir.join(format!("{function_name}.log"));
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(log.as_bytes()));
-        if let Err(error) = appended {
-            tracing::warn!(%error, path = %path.display(), "cannot keep function log");
-        }
-    }
 }
 
 #[async_trait]
@@ -215,7 +200,7 @@ impl RuntimeService for LocalRuntime {
         };
         log.end(&invocation.request_id, duration, &report);
         let log_tail = log.tail();
-        self.archive_log(&spec.function_name, &log.take());
+        self.logs.append(&spec.function_name, log.take()).await;
 
         let (payload, function_error) = lambda_payload(run.outcome, &invocation);
         Ok(InvocationResult {
@@ -326,7 +311,6 @@ fn lambda_payload(outcome: Outcome, invocation: &Invocation) -> (Bytes, Option<S
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::io::Write;
 
     use sha2::{Digest, Sha256};
 
