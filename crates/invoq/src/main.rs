@@ -27,6 +27,12 @@ use invoq_worker::policy::RetryPolicy;
 use invoq_worker::{AsyncTarget, FunctionDirectory, Worker, WorkerConfig};
 use tokio::net::TcpListener;
 
+/// mimalloc rather than glibc's malloc: every event allocates on several threads (HTTP,
+/// queue writer, worker, router), and glibc's arenas showed up in profiles with about 5% of
+/// the CPU (`invoq bench`, BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "invoq",
