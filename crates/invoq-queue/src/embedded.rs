@@ -403,13 +403,7 @@ impl Writer {
                     .insert(NEXT_SEQ, tables.next_seq)
                     .map_err(storage)?;
             }
-            let t0 = std::time::Instant::now();
-            let r = transaction.commit().map_err(storage);
-            let el = t0.elapsed();
-            if el > Duration::from_millis(10) {
-                eprintln!("SLOWCOMMIT {:?} {:?} n={}", el, durability, replies.len());
-            }
-            r
+            transaction.commit().map_err(storage)
         })();
         match result {
             Ok(()) => {
