@@ -173,13 +173,6 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let setup = Setup::for_scenario(args.scenario);
     invoq.prepare(&setup).await?;
-    let observer = follow
-        .then(|| {
-            invoq
-                .records()
-                .map(|records| Observer::start(records, invoq.log()))
-        })
-        .flatten();
     let pace = match (args.rate, args.scenario) {
         (Some(rate), _) => Pace::Open { rate },
         (None, Scenario::Steady | Scenario::Failures) => Pace::Open { rate: 1_000 },
@@ -187,6 +180,17 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
             connections: args.connections,
         },
     };
+    let expected = match pace {
+        Pace::Open { rate } => (f64::from(rate) * args.duration) as usize,
+        Pace::Closed { .. } => 0,
+    };
+    let observer = follow
+        .then(|| {
+            invoq
+                .records()
+                .map(|records| Observer::start(records, invoq.log(), expected))
+        })
+        .flatten();
     let load = Load {
         url: invoq.url().to_owned(),
         function: setup.function.to_owned(),
@@ -275,7 +279,7 @@ async fn drain(args: &BenchArgs) -> Result<Report, BenchError> {
     let records = running
         .records()
         .ok_or_else(|| BenchError::Setup("the started invoq has no records".into()))?;
-    let observer = Observer::start(records, running.log());
+    let observer = Observer::start(records, running.log(), sent.len());
     let progress = Progress::new(args, "drain", Some(&observer));
     let delivered = settle(args, &observer, &sent, "drain").await;
     progress.finish();

@@ -53,8 +53,14 @@ pub struct Observer {
 
 impl Observer {
     /// Follows `<records>/sqs/invoq-bench-{success,failure}.jsonl` and, if given, the log.
-    pub fn start(records: PathBuf, log: Option<PathBuf>) -> Observer {
-        let state = Arc::new(Mutex::new(Observed::default()));
+    /// Room for `expected` events is made up front: growing the maps mid-run rehashes them
+    /// all at once, a pause that shows up in the latencies of the invoq sharing the CPU.
+    pub fn start(records: PathBuf, log: Option<PathBuf>, expected: usize) -> Observer {
+        let state = Arc::new(Mutex::new(Observed {
+            deliveries: HashMap::with_capacity(expected),
+            attempts: HashMap::with_capacity(expected),
+            last_observed: None,
+        }));
         let counter = Counter::default();
         let stop = Arc::new(AtomicBool::new(false));
         let mut files: Vec<Tail> = [ON_SUCCESS, ON_FAILURE]

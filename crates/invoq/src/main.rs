@@ -312,7 +312,7 @@ struct AsyncArgs {
     time_scale: f64,
     /// Queued events run at the same time, at most (`invoq serve`: 0 runs no worker, so
     /// events wait in the queue, e.g. for workers elsewhere).
-    #[arg(long, env = "INVOQ_WORKER_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "INVOQ_WORKER_CONCURRENCY", default_value_t = 256)]
     worker_concurrency: usize,
 }
 
