@@ -311,6 +311,8 @@ fn lambda_payload(outcome: Outcome, invocation: &Invocation) -> (Bytes, Option<S
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::path::PathBuf;
 
     use sha2::{Digest, Sha256};
 

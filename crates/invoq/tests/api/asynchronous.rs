@@ -302,6 +302,31 @@ async fn a_full_queue_answers_429_not_a_fake_202() {
 }
 
 #[tokio::test]
+async fn an_event_running_past_the_first_lease_runs_once() {
+    // The worker's first lease lasts 10 s. A function with a longer timeout must have its
+    // lease extended before it runs: otherwise the event is leased again at 10 s and run a
+    // second time, and the first attempt's outcome, from a lost lease, is refused.
+    let data = data_dir();
+    let invoq = serve_scaled(data.path(), &[]);
+    let client = invoq.client();
+    create_builtin(&client, "long", "sleep").await;
+    client
+        .update_function_configuration()
+        .function_name("long")
+        .timeout(30)
+        .send()
+        .await
+        .unwrap();
+    put_config(&client, "long", Some(0), None).await;
+    let request_id = invoke_event(&client, "long", r#"{"ms":11000}"#).await;
+    // outcome_of waits 15 s: enough for the one 11 s run, not for a second one.
+    let record = outcome_of(data.path(), &request_id).await;
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    assert_eq!(attempts_logged(data.path(), "long", &request_id), 1);
+}
+
+#[tokio::test]
 async fn queued_events_run_the_code_current_when_they_execute() {
     let data = data_dir();
     let invoq = serve_scaled(data.path(), &[]);
