@@ -181,7 +181,7 @@ impl Frontend {
         &self,
         function_name: &str,
         qualifier: Option<&str>,
-    ) -> Result<(FunctionRecord, String), ApiError> {
+    ) -> Result<(Arc<FunctionRecord>, String), ApiError> {
         let function = FunctionRef::parse(function_name, qualifier)?;
         match (
             function.qualifier_or_latest(),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, btree_map::Entry};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -83,7 +83,8 @@ impl FunctionRecord {
 pub(crate) struct FunctionStore {
     functions_dir: PathBuf,
     code_dir: PathBuf,
-    functions: Mutex<BTreeMap<String, FunctionRecord>>,
+    /// Shared, not cloned, on every read: invokes read the record on the hot path.
+    functions: Mutex<BTreeMap<String, Arc<FunctionRecord>>>,
 }
 
 impl FunctionStore {
@@ -103,7 +104,7 @@ impl FunctionStore {
                     .map_err(|error| {
                         std::io::Error::other(format!("{}: {error}", path.display()))
                     })?;
-                functions.insert(record.name.clone(), record);
+                functions.insert(record.name.clone(), Arc::new(record));
             }
         }
         Ok(FunctionStore {
@@ -113,7 +114,7 @@ impl FunctionStore {
         })
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<FunctionRecord> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<FunctionRecord>> {
         self.lock().get(name).cloned()
     }
 
@@ -122,12 +123,12 @@ impl FunctionStore {
         &self,
         marker: Option<&str>,
         max_items: usize,
-    ) -> (Vec<FunctionRecord>, bool) {
+    ) -> (Vec<Arc<FunctionRecord>>, bool) {
         let functions = self.lock();
         let mut after = functions
             .values()
             .filter(|record| marker.is_none_or(|marker| record.name.as_str() > marker));
-        let page: Vec<FunctionRecord> = after.by_ref().take(max_items).cloned().collect();
+        let page: Vec<Arc<FunctionRecord>> = after.by_ref().take(max_items).cloned().collect();
         let more = after.next().is_some();
         (page, more)
     }
@@ -159,7 +160,8 @@ impl FunctionStore {
             ))),
             Entry::Vacant(slot) => {
                 self.persist(&record)?;
-                Ok(slot.insert(record).clone())
+                slot.insert(Arc::new(record.clone()));
+                Ok(record)
             }
         }
     }
@@ -174,14 +176,14 @@ impl FunctionStore {
         let Some(current) = functions.get(name) else {
             return Ok(None);
         };
-        let mut updated = current.clone();
+        let mut updated = FunctionRecord::clone(current);
         change(&mut updated)?;
         self.persist(&updated)?;
-        functions.insert(name.to_owned(), updated.clone());
+        functions.insert(name.to_owned(), Arc::new(updated.clone()));
         Ok(Some(updated))
     }
 
-    pub(crate) fn delete(&self, name: &str) -> Result<Option<FunctionRecord>, ApiError> {
+    pub(crate) fn delete(&self, name: &str) -> Result<Option<Arc<FunctionRecord>>, ApiError> {
         let mut functions = self.lock();
         if !functions.contains_key(name) {
             return Ok(None);
@@ -225,7 +227,7 @@ impl FunctionStore {
         write_atomically(&self.record_path(&record.name), &json).map_err(storage_error)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FunctionRecord>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<FunctionRecord>>> {
         self.functions.lock().expect("function store poisoned")
     }
 }

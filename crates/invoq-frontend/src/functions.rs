@@ -364,7 +364,7 @@ impl Frontend {
         &self,
         function_name: &str,
         qualifier: Option<&str>,
-    ) -> Result<FunctionRecord, ApiError> {
+    ) -> Result<Arc<FunctionRecord>, ApiError> {
         let function = FunctionRef::parse(function_name, qualifier)?;
         let qualifier = function.qualifier.as_ref().map(ToString::to_string);
         match (&function.qualifier, self.store.get(&function.name)) {
