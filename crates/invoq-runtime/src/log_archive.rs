@@ -78,3 +78,34 @@ fn append_batches(dir: &std::path::Path, mut receiver: mpsc::Receiver<Entry>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn logs_land_in_their_function_files_in_order_once_append_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = std::sync::Arc::new(LogArchive::open(dir.path().join("logs")).unwrap());
+        let writers: Vec<_> = ["alpha", "beta"]
+            .into_iter()
+            .map(|function| {
+                let archive = archive.clone();
+                tokio::spawn(async move {
+                    for n in 0..200 {
+                        archive.append(function, format!("{function} {n}\n")).await;
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        for function in ["alpha", "beta"] {
+            let log =
+                std::fs::read_to_string(dir.path().join(format!("logs/{function}.log"))).unwrap();
+            let expected: String = (0..200).map(|n| format!("{function} {n}\n")).collect();
+            assert_eq!(log, expected);
+        }
+    }
+}
