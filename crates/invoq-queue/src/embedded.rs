@@ -398,10 +398,14 @@ impl Writer {
                 for command in commands.by_ref() {
                     replies.push(self.apply(&mut tables, command, &mut depth_changes)?);
                 }
-                tables
-                    .meta
-                    .insert(NEXT_SEQ, tables.next_seq)
-                    .map_err(storage)?;
+                // Leases and acks take no sequence numbers; leaving `meta` untouched spares
+                // their transactions a table write.
+                if tables.next_seq != tables.first_seq {
+                    tables
+                        .meta
+                        .insert(NEXT_SEQ, tables.next_seq)
+                        .map_err(storage)?;
+                }
             }
             transaction.commit().map_err(storage)
         })();
@@ -642,6 +646,8 @@ struct Tables<'txn> {
     messages: Table<'txn, (&'static str, u64), &'static [u8]>,
     schedule: Table<'txn, (&'static str, u64, u64), u32>,
     meta: Table<'txn, &'static str, u64>,
+    /// `next_seq` as the transaction found it.
+    first_seq: u64,
     next_seq: u64,
 }
 
@@ -657,6 +663,7 @@ impl<'txn> Tables<'txn> {
             messages: transaction.open_table(MESSAGES).map_err(storage)?,
             schedule: transaction.open_table(SCHEDULE).map_err(storage)?,
             meta,
+            first_seq: next_seq,
             next_seq,
         })
     }
