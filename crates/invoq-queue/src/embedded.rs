@@ -3,9 +3,9 @@
 //! Why redb: a maintained, pure-Rust, crash-safe B-tree store with ACID transactions and
 //! fsync on commit, so a 202 can wait for real durability without us writing a log format,
 //! its recovery and its compaction. Its cost, one fsync per commit, is paid once per batch:
-//! a single writer thread takes every pending command, applies them all in one write
-//! transaction and commits once (group commit), so throughput follows batch size, not fsync
-//! latency.
+//! a single writer thread takes every pending command, applies all that must be durable in
+//! one write transaction and commits once (group commit), so throughput follows batch size,
+//! not fsync latency.
 //!
 //! Layout:
 //! - `messages`: (queue, seq) → id, enqueue time and body. `seq` grows with every enqueue,
@@ -16,8 +16,9 @@
 //!
 //! A receipt names the schedule key it leased (`seq.visible_at_ms`); once the item is leased
 //! again its key moves and the old receipt is lost. Leases and their extensions are
-//! committed without fsync: losing one in a crash only makes the item visible again, which
-//! at-least-once delivery allows.
+//! committed without fsync, in a transaction of their own ahead of the batch's durable one:
+//! losing one in a crash only makes the item visible again, which at-least-once delivery
+//! allows, and a worker asking for work does not wait for the disk.
 
 use std::collections::HashMap;
 use std::path::Path;
