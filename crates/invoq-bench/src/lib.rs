@@ -131,6 +131,10 @@ pub struct BenchArgs {
     /// Skip the bare-202 baseline of the accept scenario.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Accept: start invoq with no worker, so that only the 202 path runs (events stay
+    /// queued and are not followed), as the bare-202 baseline does.
+    #[arg(long, conflicts_with = "target")]
+    pub no_workers: bool,
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -158,7 +162,12 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
 
 /// The scenarios that put load for `--duration`: accept, steady, failures and sync.
 async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
-    let follow = args.scenario != Scenario::Sync;
+    if args.no_workers && args.scenario != Scenario::Accept {
+        return Err(BenchError::Setup(
+            "--no-workers is for the accept scenario; the others follow events to their end".into(),
+        ));
+    }
+    let follow = args.scenario != Scenario::Sync && !args.no_workers;
     let mut invoq = match &args.target {
         Some(url) => Invoq::remote(url, args.records.clone()),
         None => {
@@ -166,7 +175,7 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
                 backend: args.backend,
                 timeline: follow,
                 time_scale: (args.scenario == Scenario::Failures).then_some(0.001),
-                workers: true,
+                workers: !args.no_workers,
             };
             Invoq::spawn(&options, None).await?
         }

@@ -369,7 +369,7 @@ impl Report {
 }
 
 fn describe_load(args: &BenchArgs) -> String {
-    match (args.scenario, args.rate) {
+    let mut load = match (args.scenario, args.rate) {
         (Scenario::Drain, _) => format!(
             "{} events queued over {} connections, then drained",
             args.events, args.connections
@@ -382,7 +382,11 @@ fn describe_load(args: &BenchArgs) -> String {
             "closed loop, {} connections for {} s",
             args.connections, args.duration
         ),
+    };
+    if args.no_workers {
+        load.push_str(", no worker running");
     }
+    load
 }
 
 fn started_at(unix_us: u64) -> String {

@@ -67,6 +67,23 @@ fn accept_measures_the_202_path_and_the_baseline() {
 }
 
 #[test]
+fn accept_without_workers_measures_the_202_path_alone() {
+    let (report, _) = bench(
+        "accept",
+        &["--duration", "1", "--connections", "8", "--no-workers"],
+    );
+    assert!(report["accepted"].as_u64().unwrap() > 0);
+    assert_eq!(report["stages"][0]["name"], "accept");
+    assert_eq!(report["stages"].as_array().unwrap().len(), 1, "{report}");
+    assert!(
+        report["lost"].is_null(),
+        "nothing runs the events, so nothing is followed"
+    );
+    assert!(report["baseline_ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["load"].as_str().unwrap().contains("no worker"));
+}
+
+#[test]
 fn drain_queues_first_then_runs_everything() {
     let (report, _) = bench("drain", &["--events", "500", "--connections", "8"]);
     assert_followed(&report, &ASYNC_STAGES);
