@@ -158,7 +158,8 @@ impl Worker {
 
     /// Runs one attempt of a leased event and settles the lease.
     async fn process(&self, lease: Lease) {
-        // The lease was granted just before this; it lasts INITIAL_LEASE from at most here.
+        // The lease was granted just before this and lasts INITIAL_LEASE from about here (a
+        // remote queue's a little earlier: the seconds of LEASE_MARGIN absorb that).
         let leased_at = tokio::time::Instant::now();
         let mut event: QueuedInvocation = match serde_json::from_slice(&lease.item.body) {
             Ok(event) => event,
