@@ -47,7 +47,6 @@ pub struct Sent {
     /// The request id of an accepted invoke; `None` when invoq refused it.
     pub request_id: Option<String>,
     pub status: u16,
-    pub fails_first: bool,
 }
 
 /// Invokes sent so far, for the progress bar.
@@ -230,7 +229,6 @@ impl Sender {
             latency_us: answered.saturating_duration_since(intended).as_micros() as u64,
             request_id,
             status: status.as_u16(),
-            fails_first: fails,
         })
     }
 }

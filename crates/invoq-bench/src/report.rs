@@ -452,40 +452,25 @@ const COLOURS: [&str; 5] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e
 
 /// p50 and p99 per second of the accept stage and, when followed, of end to end.
 fn time_plot(report: &Report) -> String {
-    let mut lines: Vec<(String, Vec<(f64, f64)>)> = vec![
-        (
-            "accept p50".into(),
-            report
-                .series
-                .iter()
-                .map(|s| (s.second as f64, s.accept_p50_ms))
-                .collect(),
-        ),
-        (
-            "accept p99".into(),
-            report
-                .series
-                .iter()
-                .map(|s| (s.second as f64, s.accept_p99_ms))
-                .collect(),
-        ),
+    type Pick = fn(&Second) -> Option<f64>;
+    let picks: [(&str, Pick); 4] = [
+        ("accept p50", |s| Some(s.accept_p50_ms)),
+        ("accept p99", |s| Some(s.accept_p99_ms)),
+        ("end to end p50", |s| s.end_to_end_p50_ms),
+        ("end to end p99", |s| s.end_to_end_p99_ms),
     ];
-    for (label, pick) in [
-        (
-            "end to end p50",
-            (|s: &Second| s.end_to_end_p50_ms) as fn(&Second) -> Option<f64>,
-        ),
-        ("end to end p99", |s: &Second| s.end_to_end_p99_ms),
-    ] {
-        let points: Vec<(f64, f64)> = report
-            .series
-            .iter()
-            .filter_map(|s| pick(s).map(|v| (s.second as f64, v)))
-            .collect();
-        if !points.is_empty() {
-            lines.push((label.into(), points));
-        }
-    }
+    let lines: Vec<(String, Vec<(f64, f64)>)> = picks
+        .into_iter()
+        .map(|(label, pick)| {
+            let points: Vec<(f64, f64)> = report
+                .series
+                .iter()
+                .filter_map(|s| pick(s).map(|v| (s.second as f64, v)))
+                .collect();
+            (label.to_owned(), points)
+        })
+        .filter(|(_, points)| !points.is_empty())
+        .collect();
     let max_x = report
         .series
         .last()

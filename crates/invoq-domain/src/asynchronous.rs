@@ -47,8 +47,8 @@ pub struct Destinations {
 }
 
 impl AsyncSettings {
-    pub fn new(config: Option<&EventInvokeConfig>, dead_letter: Option<String>) -> Self {
-        let config = config.cloned().unwrap_or_default();
+    pub fn new(config: Option<EventInvokeConfig>, dead_letter: Option<String>) -> Self {
+        let config = config.unwrap_or_default();
         AsyncSettings {
             maximum_retry_attempts: config
                 .maximum_retry_attempts

@@ -143,7 +143,7 @@ impl RegistryGrpcClient {
             .map(|json| serde_json::from_str(&json))
             .transpose()
             .map_err(|error| Status::internal(error.to_string()))?;
-        let settings = AsyncSettings::new(config.as_ref(), response.dead_letter_target_arn);
+        let settings = AsyncSettings::new(config, response.dead_letter_target_arn);
         Ok(Some((spec, settings)))
     }
 

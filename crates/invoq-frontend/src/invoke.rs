@@ -131,7 +131,6 @@ impl Frontend {
         invoked_function_arn: String,
         payload: &[u8],
     ) -> Result<(), ErrorResponse> {
-        let queue = &self.queue;
         let event = QueuedInvocation {
             request_id: request_id.to_owned(),
             function_name: function_name.to_owned(),
@@ -147,7 +146,7 @@ impl Frontend {
             id: request_id.to_owned(),
             body,
         };
-        match queue.enqueue(INVOCATIONS, item, Duration::ZERO).await {
+        match self.queue.enqueue(INVOCATIONS, item, Duration::ZERO).await {
             Ok(()) => {
                 Metrics::count(&self.metrics.events_accepted);
                 Ok(())

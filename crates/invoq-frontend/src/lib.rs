@@ -218,7 +218,7 @@ impl Frontend {
         qualifier: &str,
     ) -> Option<(FunctionSpec, AsyncSettings)> {
         let (spec, config, dead_letter) = self.async_configuration(function_name, qualifier)?;
-        Some((spec, AsyncSettings::new(config.as_ref(), dead_letter)))
+        Some((spec, AsyncSettings::new(config, dead_letter)))
     }
 
     /// What [`Frontend::async_target`] is made of: the function, its event invoke config and

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,7 +32,7 @@ use redb::{
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats};
+use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats, now_ms};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const SCHEDULE: TableDefinition<(&str, u64, u64), u32> = TableDefinition::new("schedule");
@@ -762,13 +762,6 @@ fn decode_message(bytes: &[u8]) -> Result<(u64, QueueItem), QueueError> {
     let id = String::from_utf8(id.to_vec()).map_err(|_| corrupt())?;
     let body = Bytes::copy_from_slice(&bytes[10 + id_len..]);
     Ok((enqueued_at_ms, QueueItem { id, body }))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -125,3 +125,11 @@ pub trait EventQueue: Send + Sync + 'static {
     /// Up to `max` items, oldest first, without leasing them: for inspection.
     async fn peek(&self, queue: &str, max: usize) -> Result<Vec<QueueItem>, QueueError>;
 }
+
+/// Wall-clock milliseconds since the Unix epoch: enqueue times and visibility deadlines.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -51,7 +51,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats};
+use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats, now_ms};
 
 const ID_ATTRIBUTE: &str = "invoq-id";
 const VISIBLE_AT_ATTRIBUTE: &str = "invoq-visible-at";
@@ -463,9 +463,7 @@ impl SqsQueueHandle {
     fn hide_until_due(self: &Arc<Self>, lease: &Lease, remaining_ms: u64) {
         let handle = self.clone();
         let lease = lease.clone();
-        let seconds = remaining_ms
-            .div_ceil(1000)
-            .min(MAX_VISIBILITY_SECONDS as u64) as i32;
+        let seconds = whole_seconds(Duration::from_millis(remaining_ms));
         tokio::spawn(async move {
             if let Err(error) = handle.change_visibility(&lease, seconds).await {
                 tracing::warn!(%error, queue = handle.name, "cannot hide a delayed message");
@@ -634,7 +632,11 @@ fn encode((index, outgoing): (usize, Outgoing)) -> SendMessageBatchRequestEntry 
 }
 
 /// A received message as a lease, with the time it is due if it was sent delayed.
-fn decode(queue: &str, message: Message) -> Result<(Lease, Option<u64>), QueueError> {
+fn decode(queue: &str, mut message: Message) -> Result<(Lease, Option<u64>), QueueError> {
+    // Taken out before the closures below borrow the message, so the body is not copied.
+    let message_id = message.message_id.take().unwrap_or_default();
+    let body = message.body.take().unwrap_or_default();
+    let receipt_handle = message.receipt_handle.take().unwrap_or_default();
     let attribute = |name: &str| {
         message
             .message_attributes
@@ -649,8 +651,6 @@ fn decode(queue: &str, message: Message) -> Result<(Lease, Option<u64>), QueueEr
             .and_then(|attributes| attributes.get(&name))
             .and_then(|value| value.parse::<u64>().ok())
     };
-    let message_id = message.message_id.clone().unwrap_or_default();
-    let body = message.body.clone().unwrap_or_default();
     let body = if attribute(ENCODING_ATTRIBUTE).as_deref() == Some("base64") {
         Bytes::from(
             base64::engine::general_purpose::STANDARD
@@ -667,10 +667,7 @@ fn decode(queue: &str, message: Message) -> Result<(Lease, Option<u64>), QueueEr
             id: attribute(ID_ATTRIBUTE).unwrap_or_else(|| message_id.clone()),
             body,
         },
-        receipt: format!(
-            "{message_id} {}",
-            message.receipt_handle.as_deref().unwrap_or_default()
-        ),
+        receipt: format!("{message_id} {receipt_handle}"),
         receive_count: system(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1)
             as u32,
         enqueued_at_ms: system(MessageSystemAttributeName::SentTimestamp).unwrap_or_else(now_ms),
@@ -709,11 +706,7 @@ fn digest(parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    format!("{:x}", hasher.finalize())
 }
 
 fn whole_seconds(duration: Duration) -> i32 {
@@ -721,13 +714,6 @@ fn whole_seconds(duration: Duration) -> i32 {
         .as_millis()
         .div_ceil(1000)
         .min(MAX_VISIBILITY_SECONDS as u128) as i32
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn sdk_error<E>(

@@ -100,7 +100,7 @@ mod tests {
             maximum_event_age_seconds: max_age_seconds,
             ..EventInvokeConfig::default()
         };
-        AsyncSettings::new(Some(&config), None)
+        AsyncSettings::new(Some(config), None)
     }
 
     fn event(attempts: u32, throttles: u32) -> QueuedInvocation {
