@@ -2,7 +2,6 @@
 //! their validation in AWS's words, and the `FunctionConfiguration` JSON Lambda returns.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::time::Duration;
 
 use base64::Engine;
@@ -86,9 +85,17 @@ impl CodeInput {
         if zip.is_empty() {
             return Ok(None);
         }
-        zip::ZipArchive::new(Cursor::new(&zip)).map_err(|_| unzip_error())?;
         Ok(Some(zip))
     }
+}
+
+/// Lambda's checks of a deployment package before it is stored: a readable zip of at most
+/// 250 MB unzipped. Off the async threads: inflating that much takes a moment.
+pub(crate) async fn check_package(zip: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    tokio::task::spawn_blocking(move || invoq_runtime::package::check(&zip).map(|_| zip))
+        .await
+        .map_err(|error| ApiError::service(format!("package check failed: {error}")))?
+        .map_err(|error| ApiError::invalid_parameter(error.to_string()))
 }
 
 fn unzip_error() -> ApiError {

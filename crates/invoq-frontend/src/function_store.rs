@@ -179,7 +179,10 @@ impl FunctionStore {
         let mut updated = FunctionRecord::clone(current);
         change(&mut updated)?;
         self.persist(&updated)?;
-        functions.insert(name.to_owned(), Arc::new(updated.clone()));
+        let previous = functions.insert(name.to_owned(), Arc::new(updated.clone()));
+        if let Some(previous) = previous {
+            self.remove_unreferenced_code(&functions, &previous.code.sha256_hex);
+        }
         Ok(Some(updated))
     }
 
@@ -189,7 +192,32 @@ impl FunctionStore {
             return Ok(None);
         }
         std::fs::remove_file(self.record_path(name)).map_err(storage_error)?;
-        Ok(functions.remove(name))
+        let removed = functions.remove(name);
+        if let Some(removed) = &removed {
+            self.remove_unreferenced_code(&functions, &removed.code.sha256_hex);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes a package no function runs any more (after a code update or a delete).
+    /// Packages are stored before the record that names them is committed, so one written
+    /// in the last minute may be about to be referenced: it stays.
+    fn remove_unreferenced_code(
+        &self,
+        functions: &BTreeMap<String, Arc<FunctionRecord>>,
+        sha256_hex: &str,
+    ) {
+        const JUST_STORED: std::time::Duration = std::time::Duration::from_secs(60);
+        let referenced = functions
+            .values()
+            .any(|record| record.code.sha256_hex == sha256_hex);
+        let path = self.code_path(sha256_hex);
+        let just_stored = std::fs::metadata(&path)
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| modified.elapsed().unwrap_or_default() < JUST_STORED);
+        if !referenced && !just_stored {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Stores a deployment package, named by its digest.

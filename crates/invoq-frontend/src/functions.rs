@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::Frontend;
 use crate::configuration::{
-    CodeInput, ConfigurationInput, configuration_json, mark_updated, new_record,
+    CodeInput, ConfigurationInput, check_package, configuration_json, mark_updated, new_record,
 };
 use crate::function_store::FunctionRecord;
 use crate::http::{ApiResult, ErrorResponse, json_response, parse_json_body};
@@ -73,7 +73,10 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
         )
         .into());
     }
-    let zip = request.code.unwrap_or_default().zip()?;
+    let zip = match request.code.unwrap_or_default().zip()? {
+        Some(zip) => Some(check_package(zip).await?),
+        None => None,
+    };
     let is_builtin = request.configuration.runtime.as_deref() == Some(BUILTIN_RUNTIME);
     if zip.is_none() && !is_builtin {
         return Err(
@@ -219,6 +222,7 @@ pub(crate) async fn update_code(
         .code
         .zip()?
         .ok_or_else(|| ApiError::invalid_parameter("Please provide a source for function code."))?;
+    let zip = check_package(zip).await?;
     let architectures = request
         .architectures
         .map(validate_architectures)

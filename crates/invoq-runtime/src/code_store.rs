@@ -2,13 +2,15 @@
 //! every process that runs them. Unpacking goes to a scratch folder renamed into place, so a
 //! crash never leaves a half-unpacked package behind a valid name.
 
-use std::io::Cursor;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::RuntimeError;
+use crate::package::{self, PackageError};
 
 #[derive(Debug)]
 pub(crate) struct CodeStore {
@@ -18,14 +20,10 @@ pub(crate) struct CodeStore {
 impl CodeStore {
     pub(crate) fn open(root: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        // Leftovers of unpacks a crash interrupted.
+        // Leftovers of unpacks and removals a crash interrupted.
         for entry in std::fs::read_dir(&root)? {
             let entry = entry?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".unpacking-")
-            {
+            if entry.file_name().to_string_lossy().starts_with('.') {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -36,6 +34,39 @@ impl CodeStore {
     pub(crate) fn unpacked(&self, code_sha256_hex: &str) -> Option<PathBuf> {
         let dir = self.root.join(code_sha256_hex);
         dir.is_dir().then_some(dir)
+    }
+
+    /// Removes every unpacked package not in `in_use`. Each is first renamed out of its
+    /// name, so a lookup either finds it whole or reports the code missing (and the caller
+    /// deploys it again); the slow removal happens after.
+    /// Only packages unpacked at least `min_age` ago go, so a package just deployed for an
+    /// invocation in progress stays.
+    pub(crate) fn remove_unused(
+        &self,
+        in_use: &HashSet<String>,
+        min_age: Duration,
+    ) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let young = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .is_ok_and(|modified| modified.elapsed().unwrap_or_default() < min_age);
+            if name.starts_with('.') || in_use.contains(&name) || young {
+                continue;
+            }
+            let doomed = self
+                .root
+                .join(format!(".removing-{}", uuid::Uuid::new_v4().simple()));
+            if std::fs::rename(entry.path(), &doomed).is_ok() {
+                removed.push(doomed);
+            }
+        }
+        removed
     }
 
     pub(crate) async fn put(&self, code_sha256_hex: &str, zip: Bytes) -> Result<(), RuntimeError> {
@@ -58,12 +89,12 @@ impl CodeStore {
 
 fn unpack(root: &Path, name: &str, zip: &[u8]) -> Result<(), RuntimeError> {
     let scratch = root.join(format!(".unpacking-{}", uuid::Uuid::new_v4().simple()));
-    let result = zip::ZipArchive::new(Cursor::new(zip))
-        .and_then(|mut archive| archive.extract(&scratch))
-        .map_err(|error| RuntimeError::InvalidCode(error.to_string()));
-    if let Err(error) = result {
+    if let Err(error) = package::unpack(zip, &scratch) {
         let _ = std::fs::remove_dir_all(&scratch);
-        return Err(error);
+        return Err(match error {
+            PackageError::Io(message) => RuntimeError::Internal(message),
+            refused => RuntimeError::InvalidCode(refused.to_string()),
+        });
     }
     match std::fs::rename(&scratch, root.join(name)) {
         Ok(()) => Ok(()),

@@ -12,11 +12,14 @@
 //! complete [`FunctionSpec`] with every invocation and keeps no function registry of its own.
 
 mod builtin;
+mod cgroup;
 mod code_store;
 pub mod grpc;
 mod invocation_log;
+mod isolation;
 mod local;
 mod log_archive;
+pub mod package;
 mod runtime_api;
 mod sandbox;
 
@@ -26,6 +29,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use isolation::{
+    DEFAULT_SANDBOX_UID_BASE, FunctionCredentials, SandboxIsolation, SandboxOptions,
+};
 pub use local::{DEFAULT_IDLE_TIMEOUT, LocalRuntime};
 
 /// The `Runtime` value that selects invoq's builtin handlers.

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::code_store::CodeStore;
 use crate::invocation_log::{InvocationLog, Report};
+use crate::isolation::{Isolation, SandboxOptions};
 use crate::log_archive::LogArchive;
 use crate::sandbox::{Outcome, Sandbox, SandboxRun, platform_message};
 use crate::{
@@ -28,7 +29,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs functions on this machine. Data lives under `<data-dir>/runtime/`: unpacked code and
 /// each function's kept logs.
 pub struct LocalRuntime {
-    code_store: CodeStore,
+    code_store: Arc<CodeStore>,
+    isolation: Isolation,
     logs: LogArchive,
     functions: Arc<FunctionMap>,
     account_in_flight: Arc<AtomicU32>,
@@ -46,6 +48,8 @@ struct FunctionState {
 
 struct SandboxPool {
     revision_id: String,
+    /// The package this revision runs, kept unpacked while the pool lives.
+    code_sha256_hex: Option<String>,
     /// Warm processes with the time each went idle; the most recently used is reused first,
     /// so a shrinking load lets the others age out.
     idle: Mutex<Vec<(Instant, Sandbox)>>,
@@ -65,21 +69,37 @@ impl Drop for ConcurrencyPermit {
 }
 
 impl LocalRuntime {
-    /// Opens the runtime's data in `data_dir` and starts stopping processes idle for longer
-    /// than `idle_timeout`. Must be called within a Tokio runtime.
-    pub fn open(data_dir: &Path, idle_timeout: Duration) -> std::io::Result<Self> {
+    /// Opens the runtime's data in `data_dir`, finds out how sandboxes can be isolated on
+    /// this host (see [`SandboxOptions`]), and starts stopping processes idle for longer than
+    /// `idle_timeout`. Must be called within a Tokio runtime.
+    pub async fn open(
+        data_dir: &Path,
+        idle_timeout: Duration,
+        sandbox: SandboxOptions,
+    ) -> std::io::Result<Self> {
         let root = data_dir.join("runtime");
+        let isolation = Isolation::detect(&sandbox, &root.join("sandbox"))
+            .await
+            .map_err(std::io::Error::other)?;
+        let code_store = Arc::new(CodeStore::open(root.join("code"))?);
         let functions = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(reap_idle_sandboxes(
             Arc::downgrade(&functions),
+            code_store.clone(),
             idle_timeout,
         ));
         Ok(LocalRuntime {
-            code_store: CodeStore::open(root.join("code"))?,
+            code_store,
+            isolation,
             logs: LogArchive::open(root.join("logs"))?,
             functions,
             account_in_flight: Arc::new(AtomicU32::new(0)),
         })
+    }
+
+    /// Whether sandboxes get namespaces of their own (see [`crate::SandboxIsolation`]).
+    pub fn isolates_with_namespaces(&self) -> bool {
+        self.isolation.uses_namespaces()
     }
 
     /// The function's state, with a fresh pool when its revision changed: processes of the
@@ -90,10 +110,10 @@ impl LocalRuntime {
             .entry(spec.function_arn.clone())
             .or_insert_with(|| FunctionState {
                 in_flight: Arc::new(AtomicU32::new(0)),
-                pool: SandboxPool::new(&spec.revision_id),
+                pool: SandboxPool::new(spec),
             });
         if state.pool.revision_id != spec.revision_id {
-            state.pool = SandboxPool::new(&spec.revision_id);
+            state.pool = SandboxPool::new(spec);
         }
         state.clone()
     }
@@ -138,7 +158,7 @@ impl LocalRuntime {
         };
         let mut sandbox = match pool.take_idle() {
             Some(sandbox) => sandbox,
-            None => match Sandbox::spawn(spec, &code_dir).await {
+            None => match Sandbox::spawn(spec, &code_dir, &self.isolation).await {
                 Ok(sandbox) => sandbox,
                 Err(reason) => {
                     return Ok(SandboxRun {
@@ -218,9 +238,10 @@ impl RuntimeService for LocalRuntime {
 }
 
 impl SandboxPool {
-    fn new(revision_id: &str) -> Arc<Self> {
+    fn new(spec: &FunctionSpec) -> Arc<Self> {
         Arc::new(SandboxPool {
-            revision_id: revision_id.to_owned(),
+            revision_id: spec.revision_id.clone(),
+            code_sha256_hex: spec.code_sha256_hex.clone(),
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -248,20 +269,41 @@ impl SandboxPool {
     }
 }
 
-/// Stops idle processes past `idle_timeout`, and forgets functions with nothing running and
-/// nothing warm (deleted ones among them), until the runtime is dropped.
-async fn reap_idle_sandboxes(functions: Weak<FunctionMap>, idle_timeout: Duration) {
+/// Stops idle processes past `idle_timeout`, forgets functions with nothing running and
+/// nothing warm (deleted ones among them), and removes unpacked code no function runs any
+/// more, until the runtime is dropped. Removed code is deployed again on its next cold start.
+async fn reap_idle_sandboxes(
+    functions: Weak<FunctionMap>,
+    code_store: Arc<CodeStore>,
+    idle_timeout: Duration,
+) {
     let period = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
     loop {
         tokio::time::sleep(period).await;
         let Some(functions) = functions.upgrade() else {
             return;
         };
-        let mut functions = functions.lock().expect("runtime state poisoned");
-        // A permit or an admission in progress holds a second reference to `in_flight`.
-        functions.retain(|_, state| {
-            state.pool.reap(idle_timeout) > 0 || Arc::strong_count(&state.in_flight) > 1
-        });
+        let removed = {
+            let mut functions = functions.lock().expect("runtime state poisoned");
+            // A permit or an admission in progress holds a second reference to `in_flight`.
+            functions.retain(|_, state| {
+                state.pool.reap(idle_timeout) > 0 || Arc::strong_count(&state.in_flight) > 1
+            });
+            // Under the lock: a cold start registers its pool (and so its code) before it
+            // looks the code up, so it either keeps the code or finds it gone and redeploys.
+            let in_use = functions
+                .values()
+                .filter_map(|state| state.pool.code_sha256_hex.clone())
+                .collect();
+            code_store.remove_unused(&in_use, idle_timeout)
+        };
+        if !removed.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                for dir in removed {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            });
+        }
     }
 }
 
@@ -312,21 +354,33 @@ fn lambda_payload(outcome: Outcome, invocation: &Invocation) -> (Bytes, Option<S
 mod tests {
     use std::collections::BTreeMap;
     use std::io::Write;
-    use std::path::PathBuf;
 
     use sha2::{Digest, Sha256};
 
     use super::*;
 
-    /// A bootstrap that answers every invocation with its own pid.
+    /// A bootstrap that answers every invocation with a name of its sandbox, and keeps a
+    /// process of that name running (pids say nothing: each sandbox's bootstrap is pid 1).
     const PID_BOOTSTRAP: &str = r#"#!/bin/sh
 api="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
 headers="$(mktemp)"
+sandbox="$(cat /proc/sys/kernel/random/uuid)"
+cp /bin/sleep "/tmp/marker-$sandbox" && "/tmp/marker-$sandbox" 600 &
 while event="$(curl -sS -D "$headers" "$api/invocation/next")"; do
   id="$(grep -i '^lambda-runtime-aws-request-id:' "$headers" | tr -d '\r' | cut -d' ' -f2)"
-  printf '{"pid":%s}' "$$" | curl -sS -X POST "$api/invocation/$id/response" --data-binary @- >/dev/null
+  printf '{"sandbox":"%s"}' "$sandbox" | curl -sS -X POST "$api/invocation/$id/response" --data-binary @- >/dev/null
 done
 "#;
+
+    /// How many processes on this host have `marker` in their command line.
+    fn processes_named(marker: &str) -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+            .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(marker))
+            .count()
+    }
 
     fn zip_of(bootstrap: &str) -> Bytes {
         let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -364,7 +418,13 @@ done
     #[tokio::test]
     async fn idle_processes_are_stopped_after_the_idle_timeout() {
         let data = tempfile::tempdir().unwrap();
-        let runtime = LocalRuntime::open(data.path(), Duration::from_millis(200)).unwrap();
+        let runtime = LocalRuntime::open(
+            data.path(),
+            Duration::from_millis(200),
+            SandboxOptions::default(),
+        )
+        .await
+        .unwrap();
         let zip = zip_of(PID_BOOTSTRAP);
         let sha = format!("{:x}", Sha256::digest(&zip));
         runtime.put_code(&sha, zip).await.unwrap();
@@ -375,16 +435,24 @@ done
             first.payload, second.payload,
             "warm process reused within the timeout"
         );
-        let pid: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
-        let proc_dir = PathBuf::from(format!("/proc/{}", pid["pid"]));
-        assert!(proc_dir.exists());
+        let sandbox: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+        let marker = format!("marker-{}", sandbox["sandbox"].as_str().unwrap());
+        assert_eq!(processes_named(&marker), 1, "the sandbox runs");
 
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(!proc_dir.exists(), "idle process stopped");
+        assert_eq!(
+            processes_named(&marker),
+            0,
+            "idle sandbox stopped, with its children"
+        );
         assert!(
             runtime.functions.lock().unwrap().is_empty(),
             "idle function forgotten"
         );
+        // Code no function runs is removed with it; the caller deploys it again.
+        let missing = runtime.invoke(invocation(&sha)).await.unwrap_err();
+        assert_eq!(missing, RuntimeError::CodeMissing(sha.clone()));
+        runtime.put_code(&sha, zip_of(PID_BOOTSTRAP)).await.unwrap();
         let third = runtime.invoke(invocation(&sha)).await.unwrap();
         assert_ne!(
             third.payload, first.payload,
@@ -395,7 +463,10 @@ done
     #[tokio::test]
     async fn code_is_checked_against_its_digest() {
         let data = tempfile::tempdir().unwrap();
-        let runtime = LocalRuntime::open(data.path(), DEFAULT_IDLE_TIMEOUT).unwrap();
+        let runtime =
+            LocalRuntime::open(data.path(), DEFAULT_IDLE_TIMEOUT, SandboxOptions::default())
+                .await
+                .unwrap();
         let error = runtime
             .put_code(&"0".repeat(64), zip_of("#!/bin/sh\n"))
             .await

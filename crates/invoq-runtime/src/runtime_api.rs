@@ -1,6 +1,7 @@
 //! Lambda's Runtime API (`/2018-06-01`, lambda-spec.md §8), served to one function process.
 //!
-//! Each sandbox gets its own listener on 127.0.0.1, so `AWS_LAMBDA_RUNTIME_API` can stay a
+//! Each sandbox gets its own listener on 127.0.0.1 (in namespace mode on its own loopback,
+//! unreachable from anywhere else), so `AWS_LAMBDA_RUNTIME_API` can stay a
 //! plain `host:port` as clients expect and every request is known to come from that sandbox.
 //! The server hands out invocations the sandbox queues and reports what the process posts
 //! back as [`ApiEvent`]s, in order.
@@ -82,8 +83,11 @@ struct ApiState {
 const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
 
 impl RuntimeApi {
-    pub(crate) async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    /// Serves the Runtime API on `listener` (bound by the sandbox, possibly inside its own
+    /// network namespace). Must be called within a Tokio runtime.
+    pub(crate) fn serve(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let (invocation_sender, invocation_receiver) = mpsc::channel(1);
         let (event_sender, event_receiver) = mpsc::unbounded_channel();

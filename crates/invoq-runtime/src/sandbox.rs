@@ -16,7 +16,9 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::cgroup::Cgroup;
 use crate::invocation_log::InvocationLog;
+use crate::isolation::{FunctionCredentials, Isolation, RUNTIME_DIR, TASK_ROOT, UidLease};
 use crate::runtime_api::{ApiEvent, PendingInvocation, RuntimeApi};
 use crate::{FunctionSpec, Invocation};
 
@@ -50,6 +52,13 @@ pub(crate) struct Sandbox {
     /// Set once the process has taken its first invocation: init is over.
     initialized: bool,
     spawned_at: Instant,
+    /// The sandbox's memory and process limits; dropping it ends every process in it.
+    cgroup: Option<Cgroup>,
+    /// In namespace mode the child is the monitor and the process tree lives in its own
+    /// pid namespace; otherwise the child leads a process group of its own.
+    namespaces: bool,
+    /// The sandbox's own uid, free again once the sandbox is gone.
+    _uid: Option<UidLease>,
 }
 
 /// What one run of a sandbox produced.
@@ -64,31 +73,58 @@ pub(crate) struct SandboxRun {
 }
 
 impl Sandbox {
-    /// Starts `bootstrap` from `code_dir`. The error is the reason, in Lambda's words, why
-    /// no process could start.
-    pub(crate) async fn spawn(spec: &FunctionSpec, code_dir: &Path) -> Result<Self, String> {
-        let bootstrap = code_dir.join("bootstrap");
-        if !bootstrap.is_file() {
+    /// Starts `bootstrap` from `code_dir`, fenced off as `isolation` allows. The error is the
+    /// reason, in Lambda's words, why no process could start.
+    pub(crate) async fn spawn(
+        spec: &FunctionSpec,
+        code_dir: &Path,
+        isolation: &Isolation,
+    ) -> Result<Self, String> {
+        if !code_dir.join("bootstrap").is_file() {
+            let task_root = if isolation.uses_namespaces() {
+                Path::new(TASK_ROOT)
+            } else {
+                code_dir
+            };
             return Err(format!(
                 "Couldn't find valid bootstrap(s): [{}]",
-                bootstrap.display()
+                task_root.join("bootstrap").display()
             ));
         }
-        let api = RuntimeApi::start()
-            .await
+        let prepared = isolation
+            .prepare(
+                &format!("sandbox-{}", uuid::Uuid::new_v4().simple()),
+                spec.memory_size_mb,
+                code_dir,
+            )
+            .await?;
+        let bootstrap = prepared.task_root.join("bootstrap");
+        let api = RuntimeApi::serve(prepared.listener)
             .map_err(|error| format!("cannot start the runtime api: {error}"))?;
+        let runtime_dir = if isolation.uses_namespaces() {
+            PathBuf::from(RUNTIME_DIR)
+        } else {
+            prepared.task_root.clone()
+        };
+        let environment = process_environment(
+            spec,
+            &prepared.task_root,
+            &runtime_dir,
+            &api.addr.to_string(),
+            isolation.credentials.as_ref(),
+        );
         let mut command = Command::new(&bootstrap);
         command
-            .current_dir(code_dir)
             .env_clear()
-            .envs(process_environment(spec, code_dir, &api.addr.to_string()))
+            .envs(environment)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its own process group, so a timeout kills the bootstrap's children too.
-            .process_group(0)
             .kill_on_drop(true);
-        die_with_invoq(&mut command);
+        if !isolation.uses_namespaces() {
+            command.current_dir(code_dir);
+        }
+        prepared.plan.install(&mut command);
         let mut child = command
             .spawn()
             .map_err(|error| format!("fork/exec {}: {error}", bootstrap.display()))?;
@@ -105,6 +141,9 @@ impl Sandbox {
             log,
             initialized: false,
             spawned_at: Instant::now(),
+            cgroup: prepared.cgroup,
+            namespaces: isolation.uses_namespaces(),
+            _uid: prepared.uid,
         })
     }
 
@@ -132,6 +171,25 @@ impl Sandbox {
         } else {
             self.await_outcome(&invocation.request_id).await
         };
+        // Over its memory limit the kernel killed a process of this sandbox: Lambda ends the
+        // whole execution environment and reports it as out of memory.
+        let (outcome, reusable) = match &self.cgroup {
+            Some(cgroup) if cgroup.oom_kills() > 0 => {
+                let message = platform_message(
+                    &invocation.request_id,
+                    "Runtime exited with error: signal: killed",
+                );
+                let error_type = "Runtime.OutOfMemory".to_owned();
+                (
+                    Outcome::PlatformError {
+                        error_type,
+                        message,
+                    },
+                    false,
+                )
+            }
+            _ => (outcome, reusable),
+        };
         if !reusable {
             self.kill().await;
         }
@@ -147,7 +205,7 @@ impl Sandbox {
             reusable,
             output,
             init_duration: cold.then(|| self.spawned_at.elapsed()),
-            max_memory_used_mb: self.child.id().and_then(max_memory_used_mb),
+            max_memory_used_mb: self.max_memory_used_mb(),
         }
     }
 
@@ -200,14 +258,32 @@ impl Sandbox {
         }
     }
 
-    /// Kills the whole process group and reaps the process.
+    /// The sandbox's peak memory: the cgroup's, which counts every process in it; without
+    /// cgroups the bootstrap's own (VmHWM), which only the fallback mode can read.
+    fn max_memory_used_mb(&self) -> Option<u64> {
+        const MIB: u64 = 1024 * 1024;
+        match &self.cgroup {
+            Some(cgroup) => cgroup.peak_bytes().map(|bytes| bytes.div_ceil(MIB)),
+            None if !self.namespaces => self.child.id().and_then(bootstrap_peak_mb),
+            None => None,
+        }
+    }
+
+    /// Kills every process of the sandbox and reaps the child.
     async fn kill(&mut self) {
-        self.kill_group();
+        self.kill_tree();
         let _ = self.child.kill().await;
     }
 
-    fn kill_group(&self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+    fn kill_tree(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+        }
+        // In namespace mode killing the monitor is enough: pid 1 dies with it, and the pid
+        // namespace with pid 1.
+        if !self.namespaces
+            && let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok())
+        {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -215,8 +291,8 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // kill_on_drop only reaches the bootstrap itself, not what it started.
-        self.kill_group();
+        // kill_on_drop only reaches the child itself, not what the bootstrap started.
+        self.kill_tree();
     }
 }
 
@@ -231,66 +307,76 @@ fn error_outcome(body: Bytes, error_type: Option<String>) -> Outcome {
     Outcome::FunctionError(body)
 }
 
-/// Has the kernel kill the bootstrap when invoq dies, even by SIGKILL: otherwise a crashed
-/// invoq would leave function processes running with nobody to serve their Runtime API.
-/// (The signal fires when the spawning thread exits; tokio spawns from its worker threads,
-/// which live as long as the runtime.)
-#[allow(unsafe_code)]
-fn die_with_invoq(command: &mut Command) {
-    let invoq_pid = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe work is allowed. It makes two plain syscalls (prctl, getppid) and
-    // allocates nothing: errors are built from raw errno values.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // invoq may have died before the prctl took effect.
-            if u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(invoq_pid) {
-                return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Lambda prefixes platform error messages with the request id.
 pub(crate) fn platform_message(request_id: &str, message: &str) -> String {
     format!("RequestId: {request_id} Error: {message}")
 }
 
 fn exit_message(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
     match status {
         Some(status) if status.success() => "Runtime exited without providing a reason".into(),
-        Some(status) => match status.code() {
-            Some(code) => format!("Runtime exited with error: exit status {code}"),
-            None => format!("Runtime exited with error: {status}"),
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("Runtime exited with error: exit status {code}"),
+            (None, Some(signal)) => {
+                format!("Runtime exited with error: signal: {}", signal_name(signal))
+            }
+            (None, None) => format!("Runtime exited with error: {status}"),
         },
         None => "Runtime exited without providing a reason".into(),
     }
 }
 
+/// A signal as Lambda's messages name it (the wording of Go's `os/exec`).
+fn signal_name(signal: i32) -> String {
+    let name = match Signal::try_from(signal) {
+        Ok(Signal::SIGHUP) => "hangup",
+        Ok(Signal::SIGINT) => "interrupt",
+        Ok(Signal::SIGQUIT) => "quit",
+        Ok(Signal::SIGILL) => "illegal instruction",
+        Ok(Signal::SIGTRAP) => "trace/breakpoint trap",
+        Ok(Signal::SIGABRT) => "aborted",
+        Ok(Signal::SIGBUS) => "bus error",
+        Ok(Signal::SIGFPE) => "floating point exception",
+        Ok(Signal::SIGKILL) => "killed",
+        Ok(Signal::SIGSEGV) => "segmentation fault",
+        Ok(Signal::SIGPIPE) => "broken pipe",
+        Ok(Signal::SIGALRM) => "alarm clock",
+        Ok(Signal::SIGTERM) => "terminated",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
+
+/// Lambda's `PATH` for custom runtimes.
+const LAMBDA_PATH: &str = "/usr/local/bin:/usr/bin/:/bin:/opt/bin";
+
 /// The environment Lambda gives a function process (lambda-spec.md §8): the Runtime API
-/// address, the variables the Rust `lambda_runtime` crate requires, and the user's own.
+/// address, the variables the Rust `lambda_runtime` crate requires, credentials from invoq's
+/// configuration, and the function's own variables. Nothing comes from invoq's environment.
 fn process_environment(
     spec: &FunctionSpec,
-    code_dir: &Path,
+    task_root: &Path,
+    runtime_dir: &Path,
     runtime_api: &str,
+    credentials: Option<&FunctionCredentials>,
 ) -> BTreeMap<String, String> {
     let mut environment = spec.environment.clone();
-    // Test credentials and endpoints pass through, so functions can reach the same AWS (or
-    // LocalStack, or moto) as invoq itself.
-    for name in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_EC2_METADATA_DISABLED",
-    ] {
-        if let Ok(value) = std::env::var(name) {
+    if let Some(credentials) = credentials {
+        let mut configured = vec![
+            ("AWS_ACCESS_KEY_ID", credentials.access_key_id.clone()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                credentials.secret_access_key.clone(),
+            ),
+        ];
+        if let Some(token) = &credentials.session_token {
+            configured.push(("AWS_SESSION_TOKEN", token.clone()));
+        }
+        for (name, value) in configured {
             environment.entry(name.to_owned()).or_insert(value);
         }
     }
-    let task_root = code_dir.display().to_string();
     let log_stream = format!(
         "{}/[{}]{}",
         time::OffsetDateTime::now_utc().date(),
@@ -315,12 +401,9 @@ fn process_environment(
         ("AWS_REGION", spec.region.clone()),
         ("AWS_DEFAULT_REGION", spec.region.clone()),
         ("_HANDLER", spec.handler.clone()),
-        ("LAMBDA_TASK_ROOT", task_root.clone()),
-        ("LAMBDA_RUNTIME_DIR", task_root),
-        (
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
+        ("LAMBDA_TASK_ROOT", task_root.display().to_string()),
+        ("LAMBDA_RUNTIME_DIR", runtime_dir.display().to_string()),
+        ("PATH", LAMBDA_PATH.to_owned()),
         ("LANG", "en_US.UTF-8".to_owned()),
         ("TZ", ":UTC".to_owned()),
     ];
@@ -342,7 +425,7 @@ async fn copy_output(mut pipe: impl tokio::io::AsyncRead + Unpin, log: Arc<Mutex
 }
 
 /// Peak resident memory of a process, from `/proc/<pid>/status` (VmHWM).
-fn max_memory_used_mb(pid: u32) -> Option<u64> {
+fn bootstrap_peak_mb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status"))).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

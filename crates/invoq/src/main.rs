@@ -22,7 +22,10 @@ use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue, SqsQueue, SqsQueueOptions};
 use invoq_router::{AsyncInvoker, Router, RouterConfig};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
-use invoq_runtime::{LocalRuntime, RuntimeError, RuntimeService};
+use invoq_runtime::{
+    DEFAULT_SANDBOX_UID_BASE, FunctionCredentials, LocalRuntime, RuntimeError, RuntimeService,
+    SandboxIsolation, SandboxOptions,
+};
 use invoq_worker::policy::RetryPolicy;
 use invoq_worker::{AsyncTarget, FunctionDirectory, Worker, WorkerConfig};
 use tokio::net::TcpListener;
@@ -62,6 +65,8 @@ enum Command {
         asynchronous: AsyncArgs,
         #[command(flatten)]
         destinations: DestinationArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// Run only the Lambda-compatible HTTP API, and the registry over gRPC.
     Frontend {
@@ -84,6 +89,8 @@ enum Command {
         /// Where to serve gRPC.
         #[arg(long, env = "INVOQ_GRPC_ADDR", default_value = "127.0.0.1:9102")]
         grpc_addr: SocketAddr,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// Run only the event queue (embedded, memory or SQS backend), over gRPC.
     Queue {
@@ -180,6 +187,33 @@ struct HttpArgs {
     /// Region used in ARNs.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     region: String,
+}
+
+/// How function processes are isolated (ARCHITECTURE.md, "Sandboxes").
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    /// auto: Linux namespaces, a uid per sandbox and a root of its own where invoq runs as
+    /// root and the kernel allows it, the process fallback (with a warning) elsewhere;
+    /// namespaces: those or refuse to start; process: a clean environment and limits only.
+    #[arg(long = "sandbox", env = "INVOQ_SANDBOX", default_value = "auto")]
+    isolation: SandboxIsolation,
+    /// AWS credentials every function gets, ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN].
+    /// Functions never inherit invoq's own.
+    #[arg(long, env = "INVOQ_FUNCTION_CREDENTIALS", hide_env_values = true)]
+    function_credentials: Option<FunctionCredentials>,
+    /// The first uid sandboxes run as; each live sandbox takes the next free one.
+    #[arg(long, env = "INVOQ_SANDBOX_UID_BASE", default_value_t = DEFAULT_SANDBOX_UID_BASE)]
+    sandbox_uid_base: u32,
+}
+
+impl SandboxArgs {
+    fn options(&self) -> SandboxOptions {
+        SandboxOptions {
+            isolation: self.isolation,
+            function_credentials: self.function_credentials.clone(),
+            uid_base: self.sandbox_uid_base,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -393,10 +427,12 @@ async fn main() -> anyhow::Result<()> {
             queue,
             asynchronous,
             destinations,
+            sandbox,
         } => {
             let asynchronous = asynchronous.validated()?;
             let aws = aws().await;
-            let runtime: Arc<dyn RuntimeService> = Arc::new(open_runtime(&common.data_dir)?);
+            let runtime: Arc<dyn RuntimeService> =
+                Arc::new(open_runtime(&common.data_dir, &sandbox).await?);
             let queue = queue.open(&common.data_dir, &aws)?;
             let frontend = open_frontend(&http, &common.data_dir, runtime.clone(), queue.clone())?;
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws.clone())));
@@ -445,8 +481,12 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(services.serve(listener));
             serve_http(http.http_addr, frontend).await
         }
-        Command::Runtime { common, grpc_addr } => {
-            let runtime = Arc::new(open_runtime(&common.data_dir)?);
+        Command::Runtime {
+            common,
+            grpc_addr,
+            sandbox,
+        } => {
+            let runtime = Arc::new(open_runtime(&common.data_dir, &sandbox).await?);
             let listener = bind(grpc_addr, "grpc").await?;
             let services = GrpcServices {
                 runtime: Some(runtime),
@@ -563,9 +603,19 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn open_runtime(data_dir: &Path) -> anyhow::Result<LocalRuntime> {
-    LocalRuntime::open(data_dir, invoq_runtime::DEFAULT_IDLE_TIMEOUT)
-        .with_context(|| format!("cannot open the runtime in {}", data_dir.display()))
+async fn open_runtime(data_dir: &Path, sandbox: &SandboxArgs) -> anyhow::Result<LocalRuntime> {
+    let runtime = LocalRuntime::open(
+        data_dir,
+        invoq_runtime::DEFAULT_IDLE_TIMEOUT,
+        sandbox.options(),
+    )
+    .await
+    .with_context(|| format!("cannot open the runtime in {}", data_dir.display()))?;
+    tracing::info!(
+        namespaces = runtime.isolates_with_namespaces(),
+        "function sandboxes ready"
+    );
+    Ok(runtime)
 }
 
 fn open_frontend(

@@ -42,7 +42,38 @@ impl Invoq {
         env: &[(&str, &str)],
         listeners: usize,
     ) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_invoq"))
+        Self::start_command(
+            Command::new(env!("CARGO_BIN_EXE_invoq")),
+            args,
+            data_dir,
+            env,
+            listeners,
+        )
+    }
+
+    /// `invoq serve` as the unprivileged user `nobody` (started by root with setpriv), so
+    /// neither namespaces nor cgroups are available to it. `scratch` must be world-writable;
+    /// the binary is copied there, since the build directory may not be reachable by nobody.
+    pub(crate) fn serve_as_nobody(scratch: &Path, data_dir: &Path) -> Self {
+        let binary = scratch.join("invoq");
+        std::fs::copy(env!("CARGO_BIN_EXE_invoq"), &binary).expect("copy invoq");
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary);
+        let args = ["serve", "--http-addr", "127.0.0.1:0"];
+        let home = scratch.display().to_string();
+        Self::start_command(command, &args, data_dir, &[("HOME", &home)], 1)
+    }
+
+    fn start_command(
+        mut command: Command,
+        args: &[&str],
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        listeners: usize,
+    ) -> Self {
+        let mut child = command
             .args(args)
             // By environment, so services without a data directory ignore it.
             .env("INVOQ_DATA_DIR", data_dir)

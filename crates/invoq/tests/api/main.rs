@@ -9,6 +9,7 @@ mod destinations;
 mod event_sources;
 mod harness;
 mod invoke;
+mod isolation;
 mod runtimes;
 mod scale_out;
 mod split;
