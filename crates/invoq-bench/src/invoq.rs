@@ -238,18 +238,26 @@ impl Invoq {
         self.data.take()
     }
 
-    /// Creates the function (a builtin) and, when records are followed, points its
-    /// destinations at the files the observer reads.
-    pub async fn prepare(&self, setup: &Setup) -> Result<(), BenchError> {
+    /// Creates the function (a builtin, or `code_zip` as a custom runtime) and, when
+    /// records are followed, points its destinations at the files the observer reads.
+    pub async fn prepare(&self, setup: &Setup, code_zip: Option<&[u8]>) -> Result<(), BenchError> {
+        use base64::Engine;
+        let (runtime, code) = match code_zip {
+            Some(zip) => (
+                "provided.al2023",
+                json!({"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)}),
+            ),
+            None => ("invoq.builtin", json!({})),
+        };
         let created = self
             .client
             .post(format!("{}/2015-03-31/functions", self.url))
             .json(&json!({
                 "FunctionName": setup.function,
-                "Runtime": "invoq.builtin",
+                "Runtime": runtime,
                 "Handler": setup.handler,
                 "Role": "arn:aws:iam::000000000000:role/invoq-bench",
-                "Code": {},
+                "Code": code,
             }))
             .send()
             .await?;
@@ -257,6 +265,7 @@ impl Invoq {
         if !created.status().is_success() && created.status().as_u16() != 409 {
             return Err(answer("CreateFunction", created).await);
         }
+        self.wait_until_active(setup.function).await?;
         if self.records.is_none() {
             return Ok(());
         }
@@ -279,6 +288,25 @@ impl Invoq {
             return Err(answer("PutFunctionEventInvokeConfig", configured).await);
         }
         Ok(())
+    }
+}
+
+impl Invoq {
+    /// Polls GetFunctionConfiguration (at most 30 s) until the function is Active.
+    async fn wait_until_active(&self, function: &str) -> Result<(), BenchError> {
+        let url = format!("{}/2015-03-31/functions/{function}/configuration", self.url);
+        for _ in 0..300 {
+            let response = self.client.get(&url).send().await?;
+            if !response.status().is_success() {
+                return Err(answer("GetFunctionConfiguration", response).await);
+            }
+            let configuration: serde_json::Value = response.json().await?;
+            if configuration["State"] == "Active" {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BenchError::Setup(format!("{function} did not become Active in 30 s")))
     }
 }
 

@@ -122,6 +122,10 @@ pub struct BenchArgs {
     /// Share of events that fail their first attempt (failures).
     #[arg(long, default_value_t = 0.1)]
     pub fail_share: f64,
+    /// A deployment package (a zip with a `bootstrap`) to run instead of the builtin
+    /// handler, as `provided.al2023`: measures a real runtime behind the Runtime API.
+    #[arg(long)]
+    pub code_zip: Option<PathBuf>,
     /// Bytes of padding in each event's payload.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
@@ -160,6 +164,14 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     Ok(report)
 }
 
+/// The `--code-zip` package, if any.
+fn code(args: &BenchArgs) -> Result<Option<Vec<u8>>, BenchError> {
+    args.code_zip
+        .as_ref()
+        .map(|path| std::fs::read(path).map_err(BenchError::io("reading --code-zip")))
+        .transpose()
+}
+
 /// The scenarios that put load for `--duration`: accept, steady, failures and sync.
 async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
     if args.no_workers && args.scenario != Scenario::Accept {
@@ -181,7 +193,7 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
         }
     };
     let setup = Setup::for_scenario(args.scenario);
-    invoq.prepare(&setup).await?;
+    invoq.prepare(&setup, code(args)?.as_deref()).await?;
     let pace = match (args.rate, args.scenario) {
         (Some(rate), _) => Pace::Open { rate },
         (None, Scenario::Steady | Scenario::Failures) => Pace::Open { rate: 1_000 },
@@ -262,7 +274,7 @@ async fn drain(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let mut queueing = Invoq::spawn(&options, None).await?;
     let setup = Setup::for_scenario(Scenario::Drain);
-    queueing.prepare(&setup).await?;
+    queueing.prepare(&setup, code(args)?.as_deref()).await?;
     let load = Load {
         url: queueing.url().to_owned(),
         function: setup.function.to_owned(),

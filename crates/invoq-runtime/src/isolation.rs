@@ -635,14 +635,7 @@ impl MountStep {
                 nix::unistd::symlinkat(to.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str())?;
             }
             MountStep::BindReadOnly { source, target } => {
-                let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-                mount(
-                    Some(source.as_c_str()),
-                    target.as_c_str(),
-                    none,
-                    flags,
-                    none,
-                )?;
+                bind(source, target, MsFlags::MS_REC)?;
                 let read_only = MsFlags::MS_BIND
                     | MsFlags::MS_REMOUNT
                     | MsFlags::MS_RDONLY
@@ -650,16 +643,7 @@ impl MountStep {
                     | MsFlags::MS_NODEV;
                 mount(none, target.as_c_str(), none, read_only, none)?;
             }
-            MountStep::BindDevice { source, target } => {
-                let flags = MsFlags::MS_BIND;
-                mount(
-                    Some(source.as_c_str()),
-                    target.as_c_str(),
-                    none,
-                    flags,
-                    none,
-                )?;
-            }
+            MountStep::BindDevice { source, target } => bind(source, target, MsFlags::empty())?,
             MountStep::Tmpfs { target, options } => mount(
                 Some(C_TMPFS),
                 target.as_c_str(),
@@ -670,6 +654,11 @@ impl MountStep {
         }
         Ok(())
     }
+}
+
+fn bind(source: &CStr, target: &CStr, flags: MsFlags) -> nix::Result<()> {
+    let none: Option<&CStr> = None;
+    mount(Some(source), target, none, MsFlags::MS_BIND | flags, none)
 }
 
 /// Has the kernel SIGKILL this process when its parent dies, even by SIGKILL: a crashed

@@ -223,6 +223,10 @@ pub(crate) async fn create_function(
         .send()
         .await
         .expect("create function");
+    wait_until_active(client, name).await;
+}
+
+pub(crate) async fn wait_until_active(client: &Client, name: &str) {
     client
         .wait_until_function_active_v2()
         .function_name(name)

@@ -8,14 +8,13 @@
 use std::time::Duration;
 
 use aws_sdk_lambda::Client;
-use aws_sdk_lambda::client::Waiters;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{Environment, FunctionCode, LogType, Runtime};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::harness::{Invoq, ROLE, data_dir, misbehaving_zip};
+use crate::harness::{Invoq, ROLE, data_dir, misbehaving_zip, wait_until_active};
 
 const ISOLATED: [(&str, &str); 1] = [("INVOQ_SANDBOX", "namespaces")];
 
@@ -63,12 +62,7 @@ async fn create_with_env(
         .send()
         .await
         .expect("create function");
-    client
-        .wait_until_function_active_v2()
-        .function_name(name)
-        .wait(Duration::from_secs(30))
-        .await
-        .expect("function becomes active");
+    wait_until_active(client, name).await;
 }
 
 struct Answer {
