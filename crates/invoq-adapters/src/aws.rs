@@ -15,7 +15,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, SdkConfig};
 
-use crate::{Attribute, Delivery, DeliveryError, DeliveryKind, Destination, TargetArn};
+use invoq_domain::arn::{Arn, Service};
+
+use crate::{Attribute, Delivery, DeliveryError, DeliveryKind, Destination};
 
 const SUCCESS_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Success";
 const FAILURE_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Failure";
@@ -69,7 +71,7 @@ impl AwsDestinations {
     async fn queue_url(
         &self,
         sqs: &aws_sdk_sqs::Client,
-        arn: &TargetArn<'_>,
+        arn: &Arn,
         target: &str,
     ) -> Result<String, DeliveryError> {
         if let Some(url) = self
@@ -80,9 +82,9 @@ impl AwsDestinations {
         {
             return Ok(url.clone());
         }
-        let mut request = sqs.get_queue_url().queue_name(arn.resource);
+        let mut request = sqs.get_queue_url().queue_name(&arn.resource);
         if !arn.account.is_empty() {
-            request = request.queue_owner_aws_account_id(arn.account);
+            request = request.queue_owner_aws_account_id(&arn.account);
         }
         let output = request
             .send()
@@ -99,13 +101,9 @@ impl AwsDestinations {
         Ok(url)
     }
 
-    async fn send_to_queue(
-        &self,
-        arn: &TargetArn<'_>,
-        delivery: &Delivery,
-    ) -> Result<(), DeliveryError> {
+    async fn send_to_queue(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
-        let sqs = self.clients(arn.region).sqs;
+        let sqs = self.clients(&arn.region).sqs;
         let queue_url = self.queue_url(&sqs, arn, target).await?;
         let mut request = sqs
             .send_message()
@@ -133,9 +131,9 @@ impl AwsDestinations {
         }
     }
 
-    async fn publish(&self, arn: &TargetArn<'_>, delivery: &Delivery) -> Result<(), DeliveryError> {
+    async fn publish(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
-        let sns = self.clients(arn.region).sns;
+        let sns = self.clients(&arn.region).sns;
         let mut request = sns.publish().topic_arn(target).message(&delivery.body);
         for attribute in delivery.attributes() {
             let value = aws_sdk_sns::types::MessageAttributeValue::builder()
@@ -157,11 +155,7 @@ impl AwsDestinations {
             .map_err(|error| failed(target, error))
     }
 
-    async fn put_event(
-        &self,
-        arn: &TargetArn<'_>,
-        delivery: &Delivery,
-    ) -> Result<(), DeliveryError> {
+    async fn put_event(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
         let DeliveryKind::Record {
             success,
@@ -182,7 +176,7 @@ impl AwsDestinations {
             .resources(target)
             .resources(function_arn)
             .build();
-        let eventbridge = self.clients(arn.region).eventbridge;
+        let eventbridge = self.clients(&arn.region).eventbridge;
         let output = eventbridge
             .put_events()
             .entries(entry)
@@ -205,13 +199,12 @@ impl AwsDestinations {
 impl Destination for AwsDestinations {
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
-        let arn =
-            TargetArn::parse(target).ok_or_else(|| DeliveryError::Unsupported(target.clone()))?;
+        let arn = Arn::parse(target).map_err(|_| DeliveryError::Unsupported(target.clone()))?;
         match arn.service {
-            "sqs" => self.send_to_queue(&arn, delivery).await,
-            "sns" => self.publish(&arn, delivery).await,
-            "events" => self.put_event(&arn, delivery).await,
-            _ => Err(DeliveryError::Unsupported(target.clone())),
+            Service::Sqs => self.send_to_queue(&arn, delivery).await,
+            Service::Sns => self.publish(&arn, delivery).await,
+            Service::Events => self.put_event(&arn, delivery).await,
+            Service::S3 | Service::Lambda => Err(DeliveryError::Unsupported(target.clone())),
         }
     }
 }

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Delivery, DeliveryError, DeliveryKind, Destination, TargetArn};
+use invoq_domain::arn::{Arn, Service};
+
+use crate::{Delivery, DeliveryError, DeliveryKind, Destination};
 
 /// Lines written under one fsync at most.
 const MAX_BATCH: usize = 1024;
@@ -41,13 +43,15 @@ impl FileDestinations {
         FileDestinations { root, lines }
     }
 
-    /// The file a target's lines go to.
+    /// The file a target's lines go to: only for an ARN whose resource name is a plain file
+    /// name, so no name can reach outside `<root>/<service>/`.
     pub fn path_of(&self, target_arn: &str) -> Option<PathBuf> {
-        let arn = TargetArn::parse(target_arn)?;
+        let arn = Arn::parse(target_arn).ok()?;
+        let file_name = arn.file_name()?;
         Some(
             self.root
-                .join(arn.service)
-                .join(format!("{}.jsonl", arn.resource_name())),
+                .join(arn.service.as_str())
+                .join(format!("{file_name}.jsonl")),
         )
     }
 }
@@ -57,8 +61,8 @@ impl Destination for FileDestinations {
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
         let supported = matches!(
-            TargetArn::parse(target).map(|arn| arn.service),
-            Some("sqs" | "sns" | "events")
+            Arn::parse(target).map(|arn| arn.service),
+            Ok(Service::Sqs | Service::Sns | Service::Events)
         );
         let path = self
             .path_of(target)
@@ -128,4 +132,32 @@ fn append_durably(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_resource_names_become_files() {
+        let root = PathBuf::from("/data/destinations");
+        let files = FileDestinations::new(root.clone());
+        assert_eq!(
+            files.path_of("arn:aws:sqs:us-east-1:000000000000:orders"),
+            Some(root.join("sqs/orders.jsonl"))
+        );
+        assert_eq!(
+            files.path_of("arn:aws:events:us-east-1:000000000000:event-bus/default"),
+            Some(root.join("events/default.jsonl"))
+        );
+        for refused in [
+            "arn:aws:sqs:us-east-1:000000000000:../../../../tmp/x",
+            "arn:aws:sns:us-east-1:000000000000:/etc/passwd",
+            "arn:aws:events:us-east-1:000000000000:event-bus/aws.partner/x",
+            "arn:aws:events:us-east-1:000000000000:event-bus/..",
+            "/tmp/absolute",
+        ] {
+            assert_eq!(files.path_of(refused), None, "{refused}");
+        }
+    }
 }

@@ -109,52 +109,6 @@ pub trait Destination: Send + Sync + 'static {
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError>;
 }
 
-/// The parts of a destination ARN adapters route on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetArn<'a> {
-    pub service: &'a str,
-    pub region: &'a str,
-    pub account: &'a str,
-    pub resource: &'a str,
-}
-
-impl<'a> TargetArn<'a> {
-    pub fn parse(arn: &'a str) -> Option<Self> {
-        let mut parts = arn.splitn(6, ':');
-        let (
-            Some("arn"),
-            Some(_partition),
-            Some(service),
-            Some(region),
-            Some(account),
-            Some(resource),
-        ) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        )
-        else {
-            return None;
-        };
-        Some(TargetArn {
-            service,
-            region,
-            account,
-            resource,
-        })
-    }
-
-    /// The resource's own name: the queue or topic name, or the event bus name.
-    pub fn resource_name(&self) -> &'a str {
-        self.resource
-            .strip_prefix("event-bus/")
-            .unwrap_or(self.resource)
-    }
-}
-
 /// Which adapters `INVOQ_DESTINATIONS` names.
 #[derive(Debug, thiserror::Error)]
 #[error("INVOQ_DESTINATIONS must be `aws` or `file`, not {0:?}")]
@@ -179,19 +133,6 @@ pub fn from_setting(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arns_name_service_region_account_and_resource() {
-        let arn = TargetArn::parse("arn:aws:sqs:us-east-2:123456789012:destination").unwrap();
-        assert_eq!(
-            (arn.service, arn.region, arn.account, arn.resource_name()),
-            ("sqs", "us-east-2", "123456789012", "destination")
-        );
-        let bus =
-            TargetArn::parse("arn:aws:events:eu-west-1:123456789012:event-bus/orders").unwrap();
-        assert_eq!(bus.resource_name(), "orders");
-        assert_eq!(TargetArn::parse("not-an-arn"), None);
-    }
 
     #[test]
     fn dead_letter_attributes_match_lambda() {

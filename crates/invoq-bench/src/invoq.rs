@@ -306,7 +306,9 @@ impl Invoq {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(BenchError::Setup(format!("{function} did not become Active in 30 s")))
+        Err(BenchError::Setup(format!(
+            "{function} did not become Active in 30 s"
+        )))
     }
 }
 

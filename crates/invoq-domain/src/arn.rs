@@ -66,14 +66,22 @@ impl Arn {
             return Err(ArnError::Malformed);
         }
         let mut parts = text.splitn(6, ':');
-        let (Some("arn"), Some(partition), Some(service), Some(region), Some(account), Some(resource)) = (
+        let (
+            Some("arn"),
+            Some(partition),
+            Some(service),
+            Some(region),
+            Some(account),
+            Some(resource),
+        ) = (
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
-        ) else {
+        )
+        else {
             return Err(ArnError::Malformed);
         };
         if !is_partition(partition) {
@@ -161,9 +169,9 @@ impl Arn {
             // with a letter or digit, no "..".
             Service::S3 => {
                 (3..=63).contains(&name.len())
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                    })
                     && name.starts_with(|c: char| c.is_ascii_alphanumeric())
                     && name.ends_with(|c: char| c.is_ascii_alphanumeric())
                     && !name.contains("..")
@@ -171,9 +179,9 @@ impl Arn {
             Service::Lambda => name.strip_prefix("function:").is_some_and(|rest| {
                 let mut parts = rest.splitn(2, ':');
                 let function = parts.next().unwrap_or_default();
-                let qualifier_ok = parts.next().is_none_or(|qualifier| {
-                    qualifier == crate::LATEST || word(qualifier, 128)
-                });
+                let qualifier_ok = parts
+                    .next()
+                    .is_none_or(|qualifier| qualifier == crate::LATEST || word(qualifier, 128));
                 crate::is_valid_name(function) && qualifier_ok
             }),
         }
@@ -220,7 +228,10 @@ fn is_region(region: &str) -> bool {
         [area, kind, name, number] => {
             area.len() == 2
                 && lower(area)
-                && (*kind == "gov" || kind.strip_prefix("iso").is_some_and(|k| k.len() <= 1 && k.bytes().all(|b| b.is_ascii_lowercase())))
+                && (*kind == "gov"
+                    || kind
+                        .strip_prefix("iso")
+                        .is_some_and(|k| k.len() <= 1 && k.bytes().all(|b| b.is_ascii_lowercase())))
                 && lower(name)
                 && digit(number)
         }
@@ -281,6 +292,10 @@ mod tests {
         }
         let partner =
             Arn::parse("arn:aws:events:us-east-1:123456789012:event-bus/aws.partner/x").unwrap();
-        assert_eq!(partner.file_name(), None, "a bus name with / is no file name");
+        assert_eq!(
+            partner.file_name(),
+            None,
+            "a bus name with / is no file name"
+        );
     }
 }

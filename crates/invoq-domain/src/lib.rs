@@ -5,12 +5,14 @@
 //! Boundary: no I/O, no async, no wire format of invoq's own. Everything here is something an
 //! AWS user would recognise.
 
+pub mod arn;
 pub mod asynchronous;
 mod error;
 pub mod event_source;
 mod function_ref;
 pub mod limits;
 
+pub use arn::Arn;
 pub use error::{ApiError, ErrorCode};
 pub use function_ref::{FunctionRef, Qualifier, is_valid_name};
 

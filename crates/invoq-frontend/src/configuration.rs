@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use invoq_domain::arn::{Arn, ArnError, Service};
 use invoq_domain::limits::{
     DEFAULT_MEMORY_SIZE_MB, DEFAULT_TIMEOUT_SECONDS, ENVIRONMENT_MAX_BYTES, MAX_MEMORY_SIZE_MB,
     MAX_TIMEOUT_SECONDS, MIN_MEMORY_SIZE_MB,
@@ -98,6 +99,22 @@ pub(crate) async fn check_package(zip: Vec<u8>) -> Result<Vec<u8>, ApiError> {
         .map_err(|error| ApiError::invalid_parameter(error.to_string()))
 }
 
+/// A dead-letter queue is an SQS queue or an SNS topic, named as AWS allows (the name may
+/// become a file name in the data dir).
+fn validate_dead_letter_target(target_arn: &str) -> Result<(), ApiError> {
+    match Arn::parse(target_arn) {
+        Ok(arn) if matches!(arn.service, Service::Sqs | Service::Sns) => Ok(()),
+        Ok(_) | Err(ArnError::UnsupportedService(_)) => Err(ApiError::invalid_parameter(format!(
+            "The target ARN {target_arn} of DeadLetterConfig is not an SQS queue or an SNS topic."
+        ))),
+        Err(error) => Err(ApiError::validation(
+            target_arn,
+            "deadLetterConfig.targetArn",
+            &format!("Member must be a valid SQS queue or SNS topic ARN: {error}"),
+        )),
+    }
+}
+
 fn unzip_error() -> ApiError {
     ApiError::invalid_parameter(
         "Could not unzip uploaded file. Please check your file, then try to upload again.",
@@ -167,8 +184,11 @@ impl ConfigurationInput {
         }
         if let Some(dead_letter_config) = self.dead_letter_config {
             // An empty TargetArn clears the setting, as the AWS CLI does with `TargetArn=`.
-            record.dead_letter_target_arn =
-                dead_letter_config.target_arn.filter(|arn| !arn.is_empty());
+            let target_arn = dead_letter_config.target_arn.filter(|arn| !arn.is_empty());
+            if let Some(target_arn) = &target_arn {
+                validate_dead_letter_target(target_arn)?;
+            }
+            record.dead_letter_target_arn = target_arn;
         }
         if let Some(tracing_config) = self.tracing_config {
             let mode = tracing_config

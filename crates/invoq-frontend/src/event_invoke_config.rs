@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use invoq_domain::arn::{Arn, ArnError, Service};
 use invoq_domain::asynchronous::{
     EventInvokeConfig, MAX_MAXIMUM_EVENT_AGE_SECONDS, MAX_MAXIMUM_RETRY_ATTEMPTS,
     MIN_MAXIMUM_EVENT_AGE_SECONDS,
@@ -290,24 +291,37 @@ impl Frontend {
                 "The provided destination config {description} is invalid."
             ))
         };
-        match parts[2] {
-            "sqs" | "sns" | "events" => Ok(()),
-            "s3" if is_on_failure => Ok(()),
-            "lambda" => {
-                let target = parts[5]
-                    .strip_prefix("function:")
-                    .map(|rest| rest.split(':').next().unwrap_or_default().to_owned());
-                match target {
-                    Some(target) if target == function_name => Err(ApiError::invalid_parameter(
+        // Past AWS's pattern, the name itself must be one the service allows: it becomes a
+        // queue URL, a topic, or a file name in the data dir.
+        let parsed = match Arn::parse(arn) {
+            Ok(parsed) => parsed,
+            Err(ArnError::UnsupportedService(_)) => return Err(invalid_config()),
+            Err(error) => {
+                return Err(ApiError::validation(
+                    arn,
+                    &format!("destinationConfig.{field}.destination"),
+                    &format!("Member must be a valid destination ARN: {error}"),
+                ));
+            }
+        };
+        match parsed.service {
+            Service::Sqs | Service::Sns | Service::Events => Ok(()),
+            Service::S3 if is_on_failure => Ok(()),
+            Service::S3 => Err(invalid_config()),
+            Service::Lambda => {
+                let target = parsed.resource_name();
+                if target == function_name {
+                    Err(ApiError::invalid_parameter(
                         "You can't specify the function as a destination for itself.",
-                    )),
-                    Some(target) if self.store.get(&target).is_some() => Ok(()),
-                    _ => Err(ApiError::invalid_parameter(format!(
+                    ))
+                } else if self.store.get(target).is_some() {
+                    Ok(())
+                } else {
+                    Err(ApiError::invalid_parameter(format!(
                         "The destination ARN {arn} is invalid."
-                    ))),
+                    )))
                 }
             }
-            _ => Err(invalid_config()),
         }
     }
 

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
+use invoq_domain::arn::{Arn, Service};
 use invoq_domain::event_source::{
     DEFAULT_BATCH_SIZE, EventSourceMapping, MAX_BATCH_SIZE, MAX_BATCHING_WINDOW_SECONDS,
     MAX_FIFO_BATCH_SIZE,
@@ -151,7 +152,7 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
     let event_source_arn = request
         .event_source_arn
         .clone()
-        .filter(|arn| arn.starts_with("arn:aws:sqs:"))
+        .filter(|arn| Arn::parse(arn).is_ok_and(|arn| arn.service == Service::Sqs))
         .ok_or_else(|| ApiError::invalid_parameter("Unrecognized event source."))?;
     let function_name = request
         .function_name
@@ -370,6 +371,15 @@ fn apply(mapping: &mut EventSourceMapping, request: &MappingRequest) -> Result<(
             .on_failure
             .as_ref()
             .and_then(|d| d.destination.clone());
+        if let Some(destination) = &mapping.on_failure {
+            Arn::parse(destination).map_err(|error| {
+                ApiError::validation(
+                    destination,
+                    "destinationConfig.onFailure.destination",
+                    &format!("Member must be a valid destination ARN: {error}"),
+                )
+            })?;
+        }
     }
     if let Some(retries) = request.maximum_retry_attempts {
         mapping.maximum_retry_attempts =

@@ -67,12 +67,11 @@ impl Sqs {
 
     /// The client and queue URL for a queue ARN.
     async fn queue(&self, arn: &str) -> Result<(aws_sdk_sqs::Client, String), String> {
-        let target =
-            invoq_adapters::TargetArn::parse(arn).ok_or_else(|| format!("not an ARN: {arn}"))?;
-        let client = self.client(target.region);
-        let mut request = client.get_queue_url().queue_name(target.resource);
+        let target = invoq_domain::Arn::parse(arn).map_err(|error| format!("{arn}: {error}"))?;
+        let client = self.client(&target.region);
+        let mut request = client.get_queue_url().queue_name(&target.resource);
         if !target.account.is_empty() {
-            request = request.queue_owner_aws_account_id(target.account);
+            request = request.queue_owner_aws_account_id(&target.account);
         }
         let output = request.send().await.map_err(|error| {
             let code = error.as_service_error().and_then(|e| aws_sdk_sqs::error::ProvideErrorMetadata::code(e).map(str::to_owned));
@@ -181,8 +180,8 @@ impl Pollers {
         if messages.is_empty() {
             return Ok(());
         }
-        let region = invoq_adapters::TargetArn::parse(&mapping.event_source_arn)
-            .map(|arn| arn.region.to_owned())
+        let region = invoq_domain::Arn::parse(&mapping.event_source_arn)
+            .map(|arn| arn.region)
             .unwrap_or_default();
         let records: Vec<(Message, Value)> = messages
             .into_iter()

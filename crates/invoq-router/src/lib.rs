@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use invoq_adapters::{Delivery, DeliveryKind, Destination, TargetArn};
+use invoq_adapters::{Delivery, DeliveryKind, Destination};
 use invoq_domain::asynchronous::Outcome;
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem};
 
@@ -206,7 +206,8 @@ impl Router {
         let request_id = &record.request_context.request_id;
         let condition = record.request_context.condition;
         let record_json = serde_json::to_string(record).expect("records serialise");
-        let is_function = TargetArn::parse(&target.arn).is_some_and(|arn| arn.service == "lambda");
+        let is_function = invoq_domain::Arn::parse(&target.arn)
+            .is_ok_and(|arn| arn.service == invoq_domain::arn::Service::Lambda);
         if target.key != "dead_letter" && is_function {
             return self.invoker.invoke_event(&target.arn, &record_json).await;
         }

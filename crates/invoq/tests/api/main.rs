@@ -7,6 +7,7 @@ mod bench;
 mod control_plane;
 mod destinations;
 mod event_sources;
+mod exposure;
 mod harness;
 mod invoke;
 mod isolation;
