@@ -18,6 +18,14 @@ pub enum ErrorCode {
     InvalidZipFile,
     UnknownOperation,
     Service,
+    /// No `Authorization` header (or signature parameters) at all.
+    MissingAuthenticationToken,
+    /// An `Authorization` header without its Credential, SignedHeaders or Signature.
+    IncompleteSignature,
+    /// The access key id is not one invoq knows.
+    UnrecognizedClient,
+    /// The signature does not match the request, or is too old.
+    InvalidSignature,
 }
 
 impl ErrorCode {
@@ -35,6 +43,10 @@ impl ErrorCode {
             ErrorCode::InvalidZipFile => "InvalidZipFileException",
             ErrorCode::UnknownOperation => "UnknownOperationException",
             ErrorCode::Service => "ServiceException",
+            ErrorCode::MissingAuthenticationToken => "MissingAuthenticationTokenException",
+            ErrorCode::IncompleteSignature => "IncompleteSignatureException",
+            ErrorCode::UnrecognizedClient => "UnrecognizedClientException",
+            ErrorCode::InvalidSignature => "InvalidSignatureException",
         }
     }
 
@@ -46,6 +58,10 @@ impl ErrorCode {
             | ErrorCode::InvalidRequestContent
             | ErrorCode::Validation => 400,
             ErrorCode::PreconditionFailed => 412,
+            ErrorCode::MissingAuthenticationToken
+            | ErrorCode::IncompleteSignature
+            | ErrorCode::UnrecognizedClient
+            | ErrorCode::InvalidSignature => 403,
             ErrorCode::RequestEntityTooLarge => 413,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Service => 500,

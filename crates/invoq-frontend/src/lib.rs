@@ -9,6 +9,7 @@
 //! Boundary: no process management and no function execution here; the frontend validates,
 //! records and forwards.
 
+mod auth;
 mod configuration;
 mod event_invoke_config;
 mod event_source_mappings;
@@ -32,6 +33,7 @@ use invoq_domain::{ApiError, FunctionRef, Location};
 use invoq_queue::EventQueue;
 use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
 
+pub use crate::auth::{AccessKeys, AccessKeysError};
 pub use crate::event_source_mappings::EventSourceChecker;
 use crate::function_store::{FunctionState, FunctionStore, UpdateStatus};
 use crate::metrics::Metrics;
@@ -80,10 +82,11 @@ impl Frontend {
         Ok(frontend)
     }
 
-    /// The Lambda REST API.
-    pub fn router(self: &Arc<Self>) -> Router {
+    /// The Lambda REST API; with `access_keys`, every request but `GET /metrics` must be
+    /// SigV4-signed with one of them ([`auth`]).
+    pub fn router(self: &Arc<Self>, access_keys: Option<Arc<AccessKeys>>) -> Router {
         let functions = "/2015-03-31/functions";
-        Router::new()
+        let router = Router::new()
             .route(functions, post(functions::create).get(functions::list))
             .route(
                 "/2015-03-31/functions/",
@@ -154,7 +157,12 @@ impl Frontend {
             .route("/invoq/parked/redrive", post(queues::redrive_parked))
             .route("/metrics", get(metrics::render))
             .fallback(http::unknown_operation)
-            .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT))
+            .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT));
+        let router = match access_keys {
+            Some(keys) => router.layer(axum::middleware::from_fn_with_state(keys, auth::verify)),
+            None => router,
+        };
+        router
             .layer(axum::middleware::from_fn(http::ensure_request_id))
             .with_state(self.clone())
     }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use aws_config::SdkConfig;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use invoq_adapters::Destination;
 use invoq_domain::Location;
-use invoq_frontend::Frontend;
 use invoq_frontend::grpc::{RegistryGrpcClient, RegistryGrpcServer};
+use invoq_frontend::{AccessKeys, Frontend};
 use invoq_pollers::{Pollers, SqsSourceChecker};
 use invoq_proto::v1::queue_server::QueueServer;
 use invoq_proto::v1::registry_server::RegistryServer;
@@ -187,6 +187,60 @@ struct HttpArgs {
     /// Region used in ARNs.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     region: String,
+    /// SigV4 authentication of the API: auto (on unless --http-addr is a loopback
+    /// address), on, or off (logged as a warning).
+    #[arg(long, env = "INVOQ_AUTH", value_enum, default_value = "auto")]
+    auth: AuthSetting,
+    /// A file of access keys requests may be signed with, one ACCESS_KEY_ID:SECRET per line.
+    #[arg(long, env = "INVOQ_ACCESS_KEYS_FILE")]
+    access_keys_file: Option<PathBuf>,
+    /// Access keys as ID:SECRET pairs separated by commas (beside the file's).
+    #[arg(long, env = "INVOQ_ACCESS_KEYS", hide_env_values = true)]
+    access_keys: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AuthSetting {
+    Auto,
+    On,
+    Off,
+}
+
+impl HttpArgs {
+    /// The keys requests must be signed with, or `None` when authentication is off. Refuses
+    /// to run a non-loopback API with no keys.
+    fn access_keys(&self) -> anyhow::Result<Option<Arc<AccessKeys>>> {
+        let on = match self.auth {
+            AuthSetting::On => true,
+            AuthSetting::Auto => !self.http_addr.ip().is_loopback(),
+            AuthSetting::Off => {
+                tracing::warn!(
+                    addr = %self.http_addr,
+                    "authentication is off (--auth off): anyone who reaches the API can run code"
+                );
+                false
+            }
+        };
+        if !on {
+            return Ok(None);
+        }
+        let mut text = String::new();
+        if let Some(path) = &self.access_keys_file {
+            text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the access keys in {}", path.display()))?;
+            text.push('\n');
+        }
+        text.push_str(self.access_keys.as_deref().unwrap_or_default());
+        let keys = AccessKeys::parse(&text).context("invalid access keys")?;
+        anyhow::ensure!(
+            !keys.is_empty(),
+            "the API on {} needs SigV4 authentication (it is not a loopback address, or --auth \
+             on) but no access keys are configured: set INVOQ_ACCESS_KEYS or \
+             --access-keys-file, or pass --auth off to run it open",
+            self.http_addr
+        );
+        Ok(Some(Arc::new(keys)))
+    }
 }
 
 /// How function processes are isolated (ARCHITECTURE.md, "Sandboxes").
@@ -429,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
             destinations,
             sandbox,
         } => {
+            let access_keys = http.access_keys()?;
             let asynchronous = asynchronous.validated()?;
             let aws = aws().await;
             let runtime: Arc<dyn RuntimeService> =
@@ -460,7 +515,7 @@ async fn main() -> anyhow::Result<()> {
             let router_metrics = router.metrics();
             frontend.add_metrics(Box::new(move || router_metrics.render()));
             tokio::spawn(router.run());
-            serve_http(http.http_addr, frontend).await
+            serve_http(http.http_addr, frontend, access_keys).await
         }
         Command::Frontend {
             http,
@@ -469,6 +524,7 @@ async fn main() -> anyhow::Result<()> {
             runtime,
             queue,
         } => {
+            let access_keys = http.access_keys()?;
             let aws = aws().await;
             let queue = queue.connect(&aws)?;
             let frontend = open_frontend(&http, &common.data_dir, runtime.connect()?, queue)?;
@@ -479,7 +535,7 @@ async fn main() -> anyhow::Result<()> {
                 ..GrpcServices::default()
             };
             tokio::spawn(services.serve(listener));
-            serve_http(http.http_addr, frontend).await
+            serve_http(http.http_addr, frontend, access_keys).await
         }
         Command::Runtime {
             common,
@@ -691,9 +747,13 @@ impl AsyncInvoker for Registry {
     }
 }
 
-async fn serve_http(http_addr: SocketAddr, frontend: Arc<Frontend>) -> anyhow::Result<()> {
+async fn serve_http(
+    http_addr: SocketAddr,
+    frontend: Arc<Frontend>,
+    access_keys: Option<Arc<AccessKeys>>,
+) -> anyhow::Result<()> {
     let listener = bind(http_addr, "http").await?;
-    axum::serve(listener, frontend.router())
+    axum::serve(listener, frontend.router(access_keys))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("http server failed")

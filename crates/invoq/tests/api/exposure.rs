@@ -56,3 +56,135 @@ async fn destination_and_dead_letter_arns_never_reach_outside_the_data_dir() {
     assert!(config.dead_letter_config().is_none());
     assert!(!std::path::Path::new("/tmp/invoq-traversal.jsonl").exists());
 }
+
+fn client_with(invoq: &Invoq, access_key_id: &str, secret: &str) -> aws_sdk_lambda::Client {
+    use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(invoq.http_url())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(access_key_id, secret, None, None, "test"))
+        .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
+/// The HTTP status and `x-amzn-ErrorType` an SDK call failed with.
+fn status_and_type<E>(
+    error: &aws_sdk_lambda::error::SdkError<E, aws_sdk_lambda::config::http::HttpResponse>,
+) -> (Option<u16>, Option<String>) {
+    let response = error.raw_response();
+    (
+        response.map(|response| response.status().as_u16()),
+        response
+            .and_then(|response| response.headers().get("x-amzn-errortype"))
+            .map(str::to_owned),
+    )
+}
+
+#[tokio::test]
+async fn sigv4_signed_requests_pass_and_others_get_awss_errors() {
+    use aws_sdk_lambda::primitives::Blob;
+    let data = data_dir();
+    let invoq = Invoq::serve_with(
+        data.path(),
+        &[
+            ("INVOQ_AUTH", "on"),
+            ("INVOQ_ACCESS_KEYS", "test:test,AKIDOTHER:other-secret"),
+        ],
+    );
+    // Signed with a configured key: everything works, names with colons and qualifiers too.
+    let client = invoq.client();
+    create_builtin(&client, "signed", "echo").await;
+    let output = client
+        .invoke()
+        .function_name("arn:aws:lambda:us-east-1:000000000000:function:signed")
+        .qualifier("$LATEST")
+        .payload(Blob::new(r#"{"signed":true}"#))
+        .send()
+        .await
+        .expect("a signed invoke");
+    assert_eq!(output.payload().unwrap().as_ref(), br#"{"signed":true}"#);
+    let other = client_with(&invoq, "AKIDOTHER", "other-secret");
+    other
+        .get_function()
+        .function_name("signed")
+        .send()
+        .await
+        .expect("second key");
+
+    let wrong_secret = client_with(&invoq, "test", "not-the-secret");
+    let error = wrong_secret
+        .get_function()
+        .function_name("signed")
+        .send()
+        .await
+        .expect_err("wrong secret");
+    assert_eq!(
+        status_and_type(&error),
+        (Some(403), Some("InvalidSignatureException".to_owned()))
+    );
+    let unknown = client_with(&invoq, "AKIDUNKNOWN", "x");
+    let error = unknown
+        .list_functions()
+        .send()
+        .await
+        .expect_err("unknown key");
+    assert_eq!(
+        status_and_type(&error),
+        (Some(403), Some("UnrecognizedClientException".to_owned()))
+    );
+
+    // Unsigned: refused, and nothing was created.
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/2015-03-31/functions", invoq.http_url()))
+        .body(r#"{"FunctionName":"intruder","Runtime":"invoq.builtin","Handler":"echo","Role":"arn:aws:iam::000000000000:role/x","Code":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "MissingAuthenticationTokenException"
+    );
+    let error = client
+        .get_function()
+        .function_name("intruder")
+        .send()
+        .await
+        .expect_err("not created");
+    assert!(
+        error
+            .as_service_error()
+            .unwrap()
+            .is_resource_not_found_exception()
+    );
+    // Metrics stay open for scrapers.
+    let metrics = http
+        .get(format!("{}/metrics", invoq.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+}
+
+#[test]
+fn an_api_off_loopback_without_keys_does_not_start() {
+    let data = data_dir();
+    // The check runs before anything binds, so no non-loopback socket is ever opened.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_invoq"))
+        .args(["serve", "--http-addr", "0.0.0.0:0"])
+        .env("INVOQ_DATA_DIR", data.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("INVOQ_ACCESS_KEYS")
+        .env_remove("INVOQ_AUTH")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs SigV4 authentication") && stderr.contains("--auth off"),
+        "{stderr}"
+    );
+}
