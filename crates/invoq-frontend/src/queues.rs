@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use invoq_domain::ApiError;
 use invoq_domain::asynchronous::Outcome;
-use invoq_queue::{DELIVERIES, PARKED, QueueItem};
+use invoq_queue::{DELIVERIES, PARKED, PeekLimit, QueueItem};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -32,10 +32,13 @@ pub(crate) async fn inspect(
     let max_items = query.max_items.unwrap_or(100).clamp(1, 10_000);
     let storage = |error: invoq_queue::QueueError| ApiError::service(error.to_string());
     let stats = queue.stats(&queue_name).await.map_err(storage)?;
-    let items: Vec<Value> = queue
-        .peek(&queue_name, max_items)
+    let peeked = queue
+        .peek(&queue_name, PeekLimit::items(max_items))
         .await
-        .map_err(storage)?
+        .map_err(storage)?;
+    // A listing is cut at PeekLimit::DEFAULT_BYTES of bodies, whatever MaxItems says.
+    let truncated = peeked.len() < max_items && (peeked.len() as u64) < stats.depth;
+    let items: Vec<Value> = peeked
         .into_iter()
         .map(|item| {
             let body = serde_json::from_slice(&item.body)
@@ -50,6 +53,7 @@ pub(crate) async fn inspect(
             "Depth": stats.depth,
             "OldestAgeSeconds": stats.oldest_age.map(|age| age.as_secs_f64()),
             "Items": items,
+            "Truncated": truncated,
         }),
     ))
 }

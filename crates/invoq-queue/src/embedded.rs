@@ -32,7 +32,7 @@ use redb::{
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats, now_ms};
+use crate::{EventQueue, Lease, PeekLimit, QueueError, QueueItem, QueueStats, now_ms};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const SCHEDULE: TableDefinition<(&str, u64, u64), u32> = TableDefinition::new("schedule");
@@ -258,7 +258,11 @@ impl EventQueue for EmbeddedQueue {
             .expect("depths poisoned")
             .get(queue)
             .copied();
-        let oldest = self.peek_raw(queue, 1).await?.into_iter().next();
+        let oldest = self
+            .peek_raw(queue, PeekLimit::items(1))
+            .await?
+            .into_iter()
+            .next();
         Ok(QueueStats {
             depth: depth.unwrap_or(0),
             oldest_age: oldest.map(|(enqueued_at_ms, _)| {
@@ -267,9 +271,9 @@ impl EventQueue for EmbeddedQueue {
         })
     }
 
-    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<QueueItem>, QueueError> {
+    async fn peek(&self, queue: &str, limit: PeekLimit) -> Result<Vec<QueueItem>, QueueError> {
         Ok(self
-            .peek_raw(queue, max)
+            .peek_raw(queue, limit)
             .await?
             .into_iter()
             .map(|(_, item)| item)
@@ -278,7 +282,11 @@ impl EventQueue for EmbeddedQueue {
 }
 
 impl EmbeddedQueue {
-    async fn peek_raw(&self, queue: &str, max: usize) -> Result<Vec<(u64, QueueItem)>, QueueError> {
+    async fn peek_raw(
+        &self,
+        queue: &str,
+        limit: PeekLimit,
+    ) -> Result<Vec<(u64, QueueItem)>, QueueError> {
         let db = self.shared.db.clone();
         let queue = queue.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -289,15 +297,19 @@ impl EmbeddedQueue {
                 Err(error) => return Err(storage(error)),
             };
             let mut items = Vec::new();
+            let mut bytes = 0;
             for entry in messages
                 .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))
                 .map_err(storage)?
             {
                 let (_, value) = entry.map_err(storage)?;
-                items.push(decode_message(value.value())?);
-                if items.len() >= max {
+                // The stored size bounds the body's: checked before anything is decoded.
+                let size = value.value().len();
+                if !limit.admits(items.len(), bytes, size) {
                     break;
                 }
+                bytes += size;
+                items.push(decode_message(value.value())?);
             }
             Ok(items)
         })

@@ -13,7 +13,7 @@ use invoq_proto::v1::queue_server::{Queue, QueueServer};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats};
+use crate::{EventQueue, Lease, PeekLimit, QueueError, QueueItem, QueueStats};
 
 /// Items carry event payloads of up to 1 MB, and a lease call returns several.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -122,7 +122,17 @@ impl Queue for QueueGrpcServer {
         let request = request.into_inner();
         let items = self
             .queue
-            .peek(&request.queue, request.max as usize)
+            .peek(
+                &request.queue,
+                PeekLimit {
+                    items: request.max as usize,
+                    // 0: a client that sends no bound gets the default one.
+                    bytes: match request.max_bytes {
+                        0 => PeekLimit::DEFAULT_BYTES,
+                        bytes => usize::try_from(bytes).unwrap_or(usize::MAX),
+                    },
+                },
+            )
             .await?;
         Ok(Response::new(pb::PeekResponse {
             items: items.into_iter().map(pb::Item::from).collect(),
@@ -248,10 +258,11 @@ impl EventQueue for QueueGrpcClient {
         })
     }
 
-    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<QueueItem>, QueueError> {
+    async fn peek(&self, queue: &str, limit: PeekLimit) -> Result<Vec<QueueItem>, QueueError> {
         let request = pb::PeekRequest {
             queue: queue.into(),
-            max: u32::try_from(max).unwrap_or(u32::MAX),
+            max: u32::try_from(limit.items).unwrap_or(u32::MAX),
+            max_bytes: limit.bytes as u64,
         };
         let response = self.client.clone().peek(request).await?.into_inner();
         Ok(response.items.into_iter().map(QueueItem::from).collect())

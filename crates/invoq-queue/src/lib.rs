@@ -122,8 +122,34 @@ pub trait EventQueue: Send + Sync + 'static {
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
 
-    /// Up to `max` items, oldest first, without leasing them: for inspection.
-    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<QueueItem>, QueueError>;
+    /// Items oldest first, without leasing them, within `limit`: for inspection.
+    async fn peek(&self, queue: &str, limit: PeekLimit) -> Result<Vec<QueueItem>, QueueError>;
+}
+
+/// How much one peek may return: at most `items` items of at most `bytes` bytes of bodies in
+/// all (the first item is always returned, so a peek makes progress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeekLimit {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+impl PeekLimit {
+    /// The byte bound every peek has unless told otherwise: under gRPC's 4 MiB message
+    /// limit, and small enough that an admin listing never costs much memory.
+    pub const DEFAULT_BYTES: usize = 3 * 1024 * 1024;
+
+    pub const fn items(items: usize) -> Self {
+        PeekLimit {
+            items,
+            bytes: Self::DEFAULT_BYTES,
+        }
+    }
+
+    /// Whether one more item of `size` bytes fits after `taken` items of `taken_bytes`.
+    pub fn admits(&self, taken: usize, taken_bytes: usize, size: usize) -> bool {
+        taken == 0 || (taken < self.items && taken_bytes + size <= self.bytes)
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch: enqueue times and visibility deadlines.

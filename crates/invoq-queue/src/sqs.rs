@@ -51,7 +51,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{EventQueue, Lease, QueueError, QueueItem, QueueStats, now_ms};
+use crate::{EventQueue, Lease, PeekLimit, QueueError, QueueItem, QueueStats, now_ms};
 
 const ID_ATTRIBUTE: &str = "invoq-id";
 const VISIBLE_AT_ATTRIBUTE: &str = "invoq-visible-at";
@@ -360,21 +360,27 @@ impl EventQueue for SqsQueue {
         self.stats_of(&handle).await
     }
 
-    async fn peek(&self, queue: &str, max: usize) -> Result<Vec<QueueItem>, QueueError> {
+    async fn peek(&self, queue: &str, limit: PeekLimit) -> Result<Vec<QueueItem>, QueueError> {
         let handle = self.queue(queue).await?;
         let mut items: Vec<QueueItem> = Vec::new();
+        let mut bytes = 0;
         // Receives with a zero visibility timeout may return the same messages again; stop
-        // when a round brings nothing new. Bounded by `max` rounds.
-        for _ in 0..max.div_ceil(MAX_BATCH_ENTRIES).max(1) {
+        // when a round brings nothing new. Bounded by `limit.items` rounds.
+        'rounds: for _ in 0..limit.items.div_ceil(MAX_BATCH_ENTRIES).max(1) {
             let mut new = 0;
             for message in self.receive(&handle, MAX_BATCH_ENTRIES, 0, 0).await? {
                 let (lease, _) = decode(queue, message)?;
-                if items.len() < max && !items.iter().any(|seen| seen.id == lease.item.id) {
-                    items.push(lease.item);
-                    new += 1;
+                if items.iter().any(|seen| seen.id == lease.item.id) {
+                    continue;
                 }
+                if !limit.admits(items.len(), bytes, lease.item.body.len()) {
+                    break 'rounds;
+                }
+                bytes += lease.item.body.len();
+                items.push(lease.item);
+                new += 1;
             }
-            if new == 0 || items.len() >= max {
+            if new == 0 {
                 break;
             }
         }

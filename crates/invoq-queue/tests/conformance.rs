@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{
+    PeekLimit,
     EmbeddedQueue, EmbeddedQueueOptions, EventQueue, QueueError, QueueItem, SqsQueue,
     SqsQueueOptions,
 };
@@ -290,7 +291,7 @@ async fn stats_peek_and_depth_limit() {
             );
         }
         let peeked: Vec<String> = queue
-            .peek(Q, 10)
+            .peek(Q, PeekLimit::items(10))
             .await
             .unwrap()
             .into_iter()
@@ -313,6 +314,36 @@ async fn stats_peek_and_depth_limit() {
             .await
             .unwrap();
         assert_eq!(queue.stats(Q).await.unwrap().depth, 2, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn peeks_are_bounded_by_bytes_as_well_as_items() {
+    for backend in backends(100).await {
+        let (name, queue) = (backend.name, &backend.queue);
+        for id in ["a", "b", "c", "d"] {
+            let item = QueueItem {
+                id: id.to_owned(),
+                body: Bytes::from(vec![b'x'; 1000]),
+            };
+            queue.enqueue(Q, item, NO_WAIT).await.unwrap();
+        }
+        // Embedded items carry a few bytes of framing; 2,500 bytes hold two of them.
+        let two = queue
+            .peek(Q, PeekLimit { items: 10, bytes: 2500 })
+            .await
+            .unwrap();
+        assert!(two.len() <= 2, "{name}: {} items", two.len());
+        let one = queue
+            .peek(Q, PeekLimit { items: 10, bytes: 10 })
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1, "{name}: the first item always comes");
+        if backend.can.peeks_everything {
+            assert_eq!(two.len(), 2, "{name}");
+            let three = queue.peek(Q, PeekLimit::items(3)).await.unwrap();
+            assert_eq!(three.len(), 3, "{name}");
+        }
     }
 }
 
