@@ -20,6 +20,7 @@ mod http;
 mod invoke;
 mod metrics;
 mod queues;
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -14,8 +14,7 @@ use bytes::Bytes;
 
 use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{
-    PeekLimit,
-    EmbeddedQueue, EmbeddedQueueOptions, EventQueue, QueueError, QueueItem, SqsQueue,
+    EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PeekLimit, QueueError, QueueItem, SqsQueue,
     SqsQueueOptions,
 };
 use invoq_testkit::AwsStandIn;
@@ -330,12 +329,24 @@ async fn peeks_are_bounded_by_bytes_as_well_as_items() {
         }
         // Embedded items carry a few bytes of framing; 2,500 bytes hold two of them.
         let two = queue
-            .peek(Q, PeekLimit { items: 10, bytes: 2500 })
+            .peek(
+                Q,
+                PeekLimit {
+                    items: 10,
+                    bytes: 2500,
+                },
+            )
             .await
             .unwrap();
         assert!(two.len() <= 2, "{name}: {} items", two.len());
         let one = queue
-            .peek(Q, PeekLimit { items: 10, bytes: 10 })
+            .peek(
+                Q,
+                PeekLimit {
+                    items: 10,
+                    bytes: 10,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(one.len(), 1, "{name}: the first item always comes");

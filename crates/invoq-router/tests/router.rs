@@ -235,7 +235,11 @@ async fn undeliverable_outcomes_are_parked_with_their_progress() {
     )
     .await;
     let parked = loop {
-        let items = setup.queue.peek(PARKED, invoq_queue::PeekLimit::items(10)).await.unwrap();
+        let items = setup
+            .queue
+            .peek(PARKED, invoq_queue::PeekLimit::items(10))
+            .await
+            .unwrap();
         if !items.is_empty() {
             break items;
         }

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use invoq_adapters::Destination;
 use invoq_domain::Location;
 use invoq_frontend::grpc::{RegistryGrpcClient, RegistryGrpcServer};
+use invoq_frontend::server::HttpLimits;
 use invoq_frontend::{AccessKeys, Frontend};
 use invoq_pollers::{Pollers, SqsSourceChecker};
 use invoq_proto::v1::queue_server::QueueServer;
@@ -197,6 +198,16 @@ struct HttpArgs {
     /// Access keys as ID:SECRET pairs separated by commas (beside the file's).
     #[arg(long, env = "INVOQ_ACCESS_KEYS", hide_env_values = true)]
     access_keys: Option<String>,
+    /// Connections served at once; past it new ones get 503 and are closed.
+    #[arg(long, env = "INVOQ_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Seconds a client has to send a request's headers (idle keep-alive included).
+    #[arg(long, env = "INVOQ_HTTP_HEADER_TIMEOUT", default_value_t = 10.0)]
+    http_header_timeout: f64,
+    /// MiB of request bodies received at once, across all connections; past it requests
+    /// wait a second, then get 429.
+    #[arg(long, env = "INVOQ_HTTP_BODY_BUDGET_MB", default_value_t = 160)]
+    http_body_budget_mb: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -515,7 +526,7 @@ async fn main() -> anyhow::Result<()> {
             let router_metrics = router.metrics();
             frontend.add_metrics(Box::new(move || router_metrics.render()));
             tokio::spawn(router.run());
-            serve_http(http.http_addr, frontend, access_keys).await
+            serve_http(&http, frontend, access_keys).await
         }
         Command::Frontend {
             http,
@@ -535,7 +546,7 @@ async fn main() -> anyhow::Result<()> {
                 ..GrpcServices::default()
             };
             tokio::spawn(services.serve(listener));
-            serve_http(http.http_addr, frontend, access_keys).await
+            serve_http(&http, frontend, access_keys).await
         }
         Command::Runtime {
             common,
@@ -748,15 +759,25 @@ impl AsyncInvoker for Registry {
 }
 
 async fn serve_http(
-    http_addr: SocketAddr,
+    http: &HttpArgs,
     frontend: Arc<Frontend>,
     access_keys: Option<Arc<AccessKeys>>,
 ) -> anyhow::Result<()> {
-    let listener = bind(http_addr, "http").await?;
-    axum::serve(listener, frontend.router(access_keys))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("http server failed")
+    let limits = HttpLimits {
+        max_connections: http.http_max_connections.max(1),
+        header_read_timeout: std::time::Duration::try_from_secs_f64(http.http_header_timeout)
+            .context("--http-header-timeout must be a positive number of seconds")?,
+        body_budget_bytes: http.http_body_budget_mb.max(1) * 1024 * 1024,
+    };
+    let listener = bind(http.http_addr, "http").await?;
+    invoq_frontend::server::serve(
+        listener,
+        frontend.router(access_keys),
+        limits,
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
 }
 
 /// The gRPC services one process serves, each with its grpc.health.v1 status.

@@ -188,3 +188,108 @@ fn an_api_off_loopback_without_keys_does_not_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn idle_and_excess_connections_are_dropped() {
+    use std::io::Read;
+    let data = data_dir();
+    let invoq = Invoq::serve_with(
+        data.path(),
+        &[
+            ("INVOQ_HTTP_MAX_CONNECTIONS", "20"),
+            ("INVOQ_HTTP_HEADER_TIMEOUT", "1"),
+        ],
+    );
+    let address = invoq.address("http");
+    // 20 connections that never send a byte, then 5 more.
+    let idle: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for _ in 0..5 {
+        let mut excess = std::net::TcpStream::connect(address).unwrap();
+        excess
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = String::new();
+        excess.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains("x-amzn-errortype: ServiceException"),
+            "{answer}"
+        );
+    }
+    // The header timeout closes every idle connection.
+    for mut connection in idle {
+        connection
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buffer = [0u8; 1];
+        let read = connection.read(&mut buffer).expect("closed, not timed out");
+        assert_eq!(read, 0, "the server closed the idle connection");
+    }
+    // And the API serves again.
+    invoq
+        .client()
+        .list_functions()
+        .send()
+        .await
+        .expect("served");
+}
+
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded() {
+    let data = data_dir();
+    let invoq = Invoq::serve(data.path());
+    let url = format!("{}/2015-03-31/functions", invoq.http_url());
+    // 16 uploads of 65 MB at once (an invalid zip each: they are all refused after reading).
+    let body = format!(
+        r#"{{"FunctionName":"big","Runtime":"provided.al2023","Handler":"x","Role":"arn:aws:iam::000000000000:role/x","Code":{{"ZipFile":"{}"}}}}"#,
+        "A".repeat(65 * 1024 * 1024)
+    );
+    let body = bytes::Bytes::from(body);
+    let http = reqwest::Client::new();
+    let uploads: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            tokio::spawn(async move {
+                match http.post(url).body(body).send().await {
+                    Ok(response) => Some((
+                        response.status().as_u16(),
+                        response
+                            .headers()
+                            .get("x-amzn-errortype")
+                            .map(|value| value.to_str().unwrap().to_owned()),
+                    )),
+                    // Refused before its body was read: the connection closes under it.
+                    Err(_) => None,
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for upload in uploads {
+        answers.push(upload.await.unwrap());
+    }
+    let processed = answers
+        .iter()
+        .filter(|answer| matches!(answer, Some((400, _))))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|answer| {
+            matches!(answer, Some((429, Some(kind))) if kind == "TooManyRequestsException")
+                || answer.is_none()
+        })
+        .count();
+    assert!(processed >= 1, "{answers:?}");
+    assert_eq!(processed + refused, 16, "{answers:?}");
+    let peak = invoq.peak_rss_mib();
+    assert!(peak < 700, "invoq peaked at {peak} MiB");
+    invoq
+        .client()
+        .list_functions()
+        .send()
+        .await
+        .expect("served");
+}

@@ -124,6 +124,18 @@ impl Invoq {
         client(&self.http_url())
     }
 
+    /// Peak resident memory of the invoq process so far (VmHWM), in MiB.
+    pub(crate) fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("invoq's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM");
+        kib / 1024
+    }
+
     /// SIGKILL, as a crash would.
     pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
