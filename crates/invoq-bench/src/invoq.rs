@@ -11,6 +11,7 @@ use serde_json::json;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+use crate::sign::Signer;
 use crate::{Backend, BenchError, Scenario};
 
 /// The function every run invokes.
@@ -29,6 +30,8 @@ pub struct SpawnOptions {
     pub time_scale: Option<f64>,
     /// Run workers; without them events stay queued.
     pub workers: bool,
+    /// `ID:SECRET`: start invoq with SigV4 authentication on, accepting this key.
+    pub access_keys: Option<String>,
 }
 
 /// The function and the destinations a scenario needs.
@@ -58,6 +61,8 @@ pub struct Invoq {
     data: Option<TempDir>,
     records: Option<PathBuf>,
     client: reqwest::Client,
+    /// Signs the control-plane requests when invoq authenticates (`--sign`).
+    signer: Option<Signer>,
 }
 
 impl Invoq {
@@ -70,6 +75,7 @@ impl Invoq {
             data: None,
             records,
             client: reqwest::Client::new(),
+            signer: None,
         }
     }
 
@@ -103,6 +109,11 @@ impl Invoq {
         }
         if !options.workers {
             command.env("INVOQ_WORKER_CONCURRENCY", "0");
+        }
+        if let Some(keys) = &options.access_keys {
+            command
+                .env("INVOQ_AUTH", "on")
+                .env("INVOQ_ACCESS_KEYS", keys);
         }
         let description = format!(
             "invoq serve, {} queue, file destinations",
@@ -154,6 +165,7 @@ impl Invoq {
             records: data_dir.map(|dir| dir.join("destinations")),
             data,
             client: reqwest::Client::new(),
+            signer: None,
         };
         invoq.wait_until_ready(log_path.as_deref()).await?;
         Ok(invoq)
@@ -258,9 +270,8 @@ impl Invoq {
                 "Handler": setup.handler,
                 "Role": "arn:aws:iam::000000000000:role/invoq-bench",
                 "Code": code,
-            }))
-            .send()
-            .await?;
+            }));
+        let created = self.send(created).await?;
         // 409: it exists already (a running target); its handler must then be the same.
         if !created.status().is_success() && created.status().as_u16() != 409 {
             return Err(answer("CreateFunction", created).await);
@@ -281,9 +292,8 @@ impl Invoq {
                     "OnSuccess": {"Destination": arn(ON_SUCCESS)},
                     "OnFailure": {"Destination": arn(ON_FAILURE)},
                 }
-            }))
-            .send()
-            .await?;
+            }));
+        let configured = self.send(configured).await?;
         if !configured.status().is_success() {
             return Err(answer("PutFunctionEventInvokeConfig", configured).await);
         }
@@ -292,11 +302,28 @@ impl Invoq {
 }
 
 impl Invoq {
+    /// Signs requests from now on (`--sign`).
+    pub fn set_signer(&mut self, signer: Option<Signer>) {
+        self.signer = signer;
+    }
+
+    /// Sends a request, signed when a signer is set.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BenchError> {
+        let mut request = request.build()?;
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut request)?;
+        }
+        Ok(self.client.execute(request).await?)
+    }
+
     /// Polls GetFunctionConfiguration (at most 30 s) until the function is Active.
     async fn wait_until_active(&self, function: &str) -> Result<(), BenchError> {
         let url = format!("{}/2015-03-31/functions/{function}/configuration", self.url);
         for _ in 0..300 {
-            let response = self.client.get(&url).send().await?;
+            let response = self.send(self.client.get(&url)).await?;
             if !response.status().is_success() {
                 return Err(answer("GetFunctionConfiguration", response).await);
             }

@@ -19,6 +19,7 @@ pub mod invoq;
 pub mod load;
 pub mod observe;
 pub mod report;
+pub mod sign;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use crate::invoq::{Invoq, Setup, SpawnOptions};
 use crate::load::{Load, Pace, Sent};
 use crate::observe::Observer;
 use crate::report::{Baseline, Report};
+use crate::sign::Signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -139,6 +141,10 @@ pub struct BenchArgs {
     /// queued and are not followed), as the bare-202 baseline does.
     #[arg(long, conflicts_with = "target")]
     pub no_workers: bool,
+    /// Sign every request with SigV4 (the key in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    /// test/test without them); an invoq started here then authenticates with that key.
+    #[arg(long)]
+    pub sign: bool,
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -180,6 +186,7 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
         ));
     }
     let follow = args.scenario != Scenario::Sync && !args.no_workers;
+    let signer = args.sign.then(Signer::from_env);
     let mut invoq = match &args.target {
         Some(url) => Invoq::remote(url, args.records.clone()),
         None => {
@@ -188,10 +195,12 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
                 timeline: follow,
                 time_scale: (args.scenario == Scenario::Failures).then_some(0.001),
                 workers: !args.no_workers,
+                access_keys: signer.as_ref().map(Signer::access_keys),
             };
             Invoq::spawn(&options, None).await?
         }
     };
+    invoq.set_signer(signer.clone());
     let setup = Setup::for_scenario(args.scenario);
     invoq.prepare(&setup, code(args)?.as_deref()).await?;
     let pace = match (args.rate, args.scenario) {
@@ -225,6 +234,7 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
         } else {
             0.0
         },
+        signer,
     };
     let progress = Progress::new(args, "load", observer.as_ref());
     let sent = load.run(&progress.sent).await?;
@@ -266,11 +276,17 @@ async fn drain(args: &BenchArgs) -> Result<Report, BenchError> {
                 .into(),
         ));
     }
+    if args.sign {
+        return Err(BenchError::Setup(
+            "--sign is for the timed scenarios (accept, steady, failures, sync)".into(),
+        ));
+    }
     let mut options = SpawnOptions {
         backend: args.backend,
         timeline: false,
         time_scale: None,
         workers: false,
+        access_keys: None,
     };
     let mut queueing = Invoq::spawn(&options, None).await?;
     let setup = Setup::for_scenario(Scenario::Drain);
@@ -286,6 +302,7 @@ async fn drain(args: &BenchArgs) -> Result<Report, BenchError> {
         limit: Some(args.events),
         payload_bytes: args.payload_bytes,
         fail_share: 0.0,
+        signer: None,
     };
     let progress = Progress::new(args, "queue", None);
     let sent = load.run(&progress.sent).await?;

@@ -35,6 +35,8 @@ pub struct Load {
     pub payload_bytes: usize,
     /// Share of events asking the flaky builtin to fail their first attempt.
     pub fail_share: f64,
+    /// Signs every invoke (`--sign`).
+    pub signer: Option<crate::sign::Signer>,
 }
 
 /// One invoke: when it was meant to go, how long until it was answered, and the answer.
@@ -105,6 +107,7 @@ impl Load {
             .build()?;
         let sender = Arc::new(Sender {
             client,
+            signer: self.signer.clone(),
             url: format!(
                 "{}/2015-03-31/functions/{}/invocations",
                 self.url, self.function
@@ -185,6 +188,7 @@ impl Load {
 
 struct Sender {
     client: reqwest::Client,
+    signer: Option<crate::sign::Signer>,
     url: String,
     invocation_type: &'static str,
     padding: String,
@@ -206,14 +210,17 @@ impl Sender {
             u8::from(fails),
             self.padding
         );
-        let response = self
+        let mut request = self
             .client
             .post(&self.url)
             .header("X-Amz-Invocation-Type", self.invocation_type)
             .header("Content-Type", "application/json")
             .body(body)
-            .send()
-            .await?;
+            .build()?;
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut request)?;
+        }
+        let response = self.client.execute(request).await?;
         let status = response.status();
         let request_id = status
             .is_success()
