@@ -8,9 +8,15 @@ FROM debian:bookworm-slim
 # curl: shell bootstraps speak the Runtime API with it.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/invoq --create-home invoq
 COPY --from=build /src/target/release/invoq /usr/local/bin/invoq
+# Listening on every interface of the container: SigV4 authentication is then on, so the
+# API needs INVOQ_ACCESS_KEYS (and gRPC services INVOQ_GRPC_TOKEN) to start.
 ENV INVOQ_HTTP_ADDR=0.0.0.0:9001 INVOQ_DATA_DIR=/var/lib/invoq
+# Unprivileged by default. Function sandboxes need root and CAP_SYS_ADMIN for their
+# namespaces: docker-compose.yml grants those to the runtime container only.
+USER invoq
 EXPOSE 9001
 ENTRYPOINT ["invoq"]
 CMD ["serve"]

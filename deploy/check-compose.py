@@ -45,7 +45,7 @@ def main():
     read = set()
     for name, service in invoq_services.items():
         usage = help_text(invoq, service["command"][0])
-        read |= set(re.findall(r"env: (INVOQ_[A-Z_]+)=", usage))
+        read |= set(re.findall(r"env: (INVOQ_[A-Z_]+)[=\]]", usage))
         test = service.get("healthcheck", {}).get("test", [])
         if test[1:3] == ["invoq", "health"]:
             help_text(invoq, "health")

@@ -2,9 +2,11 @@
 //! [`Frontend`]'s functions, async settings and event source mappings to the worker, router
 //! and pollers of other processes; [`RegistryGrpcClient`] is how they ask.
 
+use invoq_proto::bearer::{AddToken, GrpcToken};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 
 use bytes::Bytes;
 use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig};
@@ -102,18 +104,23 @@ impl Registry for RegistryGrpcServer {
 /// Calls a registry in another process.
 #[derive(Clone)]
 pub struct RegistryGrpcClient {
-    client: RegistryClient<Channel>,
+    client: AuthedRegistryClient,
 }
+
+type AuthedRegistryClient = RegistryClient<InterceptedService<Channel, AddToken>>;
 
 impl RegistryGrpcClient {
     /// A client for `address` (e.g. `http://127.0.0.1:9101`). Connects on first use, and again
     /// after the registry restarts.
-    pub fn connect_lazy(address: &str) -> Result<Self, tonic::transport::Error> {
+    pub fn connect_lazy(
+        address: &str,
+        token: Option<GrpcToken>,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(address.to_owned())?
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(RegistryGrpcClient {
-            client: RegistryClient::new(channel)
+            client: RegistryClient::with_interceptor(channel, AddToken(token))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })
@@ -186,7 +193,7 @@ impl RegistryGrpcClient {
 }
 
 async fn follow_mappings(
-    mut client: RegistryClient<Channel>,
+    mut client: AuthedRegistryClient,
     sender: &watch::Sender<Vec<EventSourceMapping>>,
 ) -> Result<(), Status> {
     let mut stream = client

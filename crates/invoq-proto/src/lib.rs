@@ -1,6 +1,7 @@
 //! Wire types of invoq's gRPC services, generated from `proto/invoq/v1`.
 //!
-//! Generated code, plus the one convention every service shares for errors ([`error_kind`]). Conversions to domain types belong to the crate that owns
+//! Generated code, plus the conventions every service shares: errors ([`error_kind`]) and
+//! the bearer token between services ([`bearer`]). Conversions to domain types belong to the crate that owns
 //! the service, so this crate depends on nothing of invoq's.
 
 #[allow(unreachable_pub, clippy::all)]
@@ -30,5 +31,95 @@ pub mod error_kind {
             .metadata()
             .get(KEY)
             .and_then(|kind| kind.to_str().ok())
+    }
+}
+
+/// The shared secret between invoq's services (`INVOQ_GRPC_TOKEN`): clients send it as a
+/// bearer token on every call, servers refuse calls without it. Health checks stay open.
+pub mod bearer {
+    use tonic::metadata::{Ascii, MetadataValue};
+    use tonic::service::Interceptor;
+    use tonic::{Request, Status};
+
+    const HEADER: &str = "authorization";
+
+    /// `Bearer <secret>`, ready to send or compare.
+    #[derive(Clone)]
+    pub struct GrpcToken(MetadataValue<Ascii>);
+
+    impl std::fmt::Debug for GrpcToken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("GrpcToken(..)")
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct InvalidToken;
+
+    impl std::fmt::Display for InvalidToken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the gRPC token must be non-empty printable ASCII")
+        }
+    }
+
+    impl std::error::Error for InvalidToken {}
+
+    impl GrpcToken {
+        pub fn new(secret: &str) -> Result<Self, InvalidToken> {
+            let secret = secret.trim();
+            if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(InvalidToken);
+            }
+            let mut value: MetadataValue<Ascii> = format!("Bearer {secret}")
+                .parse()
+                .map_err(|_| InvalidToken)?;
+            value.set_sensitive(true);
+            Ok(GrpcToken(value))
+        }
+    }
+
+    /// Client side: adds the token, when there is one, to every request.
+    #[derive(Clone, Debug, Default)]
+    pub struct AddToken(pub Option<GrpcToken>);
+
+    impl Interceptor for AddToken {
+        fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+            if let Some(token) = &self.0 {
+                request.metadata_mut().insert(HEADER, token.0.clone());
+            }
+            Ok(request)
+        }
+    }
+
+    /// Server side: with a token, refuses every request that does not carry it.
+    #[derive(Clone, Debug, Default)]
+    pub struct RequireToken(pub Option<GrpcToken>);
+
+    impl Interceptor for RequireToken {
+        fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+            let Some(expected) = &self.0 else {
+                return Ok(request);
+            };
+            let sent = request
+                .metadata()
+                .get(HEADER)
+                .map(|value| value.as_bytes())
+                .unwrap_or_default();
+            let wanted = expected.0.as_bytes();
+            // Constant time: the comparison does not stop at the first wrong byte.
+            let same = sent.len() == wanted.len()
+                && sent
+                    .iter()
+                    .zip(wanted)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if same {
+                Ok(request)
+            } else {
+                Err(Status::unauthenticated(
+                    "missing or wrong invoq gRPC token (INVOQ_GRPC_TOKEN)",
+                ))
+            }
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! The queue over gRPC: [`QueueGrpcServer`] serves any [`EventQueue`], and
 //! [`QueueGrpcClient`] is an [`EventQueue`] that calls one. Wire types stop here.
 
+use invoq_proto::bearer::{AddToken, GrpcToken};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -143,17 +145,18 @@ impl Queue for QueueGrpcServer {
 /// An [`EventQueue`] served elsewhere.
 #[derive(Clone)]
 pub struct QueueGrpcClient {
-    client: QueueClient<Channel>,
+    client: QueueClient<InterceptedService<Channel, AddToken>>,
 }
 
 impl QueueGrpcClient {
-    /// A client for `address` (e.g. `http://127.0.0.1:9103`); connects lazily.
-    pub fn connect_lazy(address: &str) -> Result<Self, QueueError> {
+    /// A client for `address` (e.g. `http://127.0.0.1:9103`), sending `token` with every
+    /// call; connects lazily.
+    pub fn connect_lazy(address: &str, token: Option<GrpcToken>) -> Result<Self, QueueError> {
         let endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|error| QueueError::Storage(format!("bad queue address: {error}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let client = QueueClient::new(endpoint.connect_lazy())
+        let client = QueueClient::with_interceptor(endpoint.connect_lazy(), AddToken(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(QueueGrpcClient { client })

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use invoq_proto::bearer::{GrpcToken, RequireToken};
 use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{
     EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PeekLimit, QueueError, QueueItem, SqsQueue,
     SqsQueueOptions,
 };
 use invoq_testkit::AwsStandIn;
+use tonic::service::interceptor::InterceptedService;
 
 const Q: &str = "work";
 const OUT: &str = "done";
@@ -79,12 +81,18 @@ async fn backends(max_depth: u64) -> Vec<Backend> {
     let served: Arc<dyn EventQueue> = Arc::new(EmbeddedQueue::in_memory(options).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
+    // Served the way invoq serves it: behind the shared-token check.
+    let token = GrpcToken::new("conformance-token").unwrap();
+    let guarded = InterceptedService::new(
+        QueueGrpcServer::new(served),
+        RequireToken(Some(token.clone())),
+    );
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(QueueGrpcServer::new(served))
+            .add_service(guarded)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let client = QueueGrpcClient::connect_lazy(&address).unwrap();
+    let client = QueueGrpcClient::connect_lazy(&address, Some(token)).unwrap();
     let millis = Duration::from_millis(100);
     vec![
         Backend {
@@ -314,6 +322,38 @@ async fn stats_peek_and_depth_limit() {
             .unwrap();
         assert_eq!(queue.stats(Q).await.unwrap().depth, 2, "{name}");
     }
+}
+
+#[tokio::test]
+async fn the_grpc_queue_refuses_calls_without_the_token() {
+    let served: Arc<dyn EventQueue> =
+        Arc::new(EmbeddedQueue::in_memory(EmbeddedQueueOptions::default()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let token = GrpcToken::new("the-right-one").unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(InterceptedService::new(
+                QueueGrpcServer::new(served),
+                RequireToken(Some(token.clone())),
+            ))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    for wrong in [None, Some(GrpcToken::new("a-wrong-one").unwrap())] {
+        let client = QueueGrpcClient::connect_lazy(&address, wrong).unwrap();
+        let refused = client.enqueue(Q, item("x"), NO_WAIT).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("invoq gRPC token"),
+            "{refused}"
+        );
+    }
+    let client = QueueGrpcClient::connect_lazy(&address, Some(token)).unwrap();
+    client.enqueue(Q, item("x"), NO_WAIT).await.unwrap();
+    assert_eq!(
+        client.stats(Q).await.unwrap().depth,
+        1,
+        "only the right token got in"
+    );
 }
 
 #[tokio::test]

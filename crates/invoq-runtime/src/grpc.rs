@@ -2,8 +2,10 @@
 //! [`RuntimeGrpcClient`] is a [`RuntimeService`] that calls one. Wire types are converted to
 //! domain types here and nowhere else.
 
+use invoq_proto::bearer::{AddToken, GrpcToken};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -71,18 +73,18 @@ impl Runtime for RuntimeGrpcServer {
 /// A [`RuntimeService`] on the other end of a gRPC channel.
 #[derive(Clone)]
 pub struct RuntimeGrpcClient {
-    client: RuntimeClient<Channel>,
+    client: RuntimeClient<InterceptedService<Channel, AddToken>>,
 }
 
 impl RuntimeGrpcClient {
     /// A client for `address` (e.g. `http://127.0.0.1:9102`). Connects lazily, so the
     /// runtime may start after the caller.
-    pub fn connect_lazy(address: &str) -> Result<Self, RuntimeError> {
+    pub fn connect_lazy(address: &str, token: Option<GrpcToken>) -> Result<Self, RuntimeError> {
         let endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|error| RuntimeError::Internal(format!("bad runtime address: {error}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let client = RuntimeClient::new(endpoint.connect_lazy())
+        let client = RuntimeClient::with_interceptor(endpoint.connect_lazy(), AddToken(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(RuntimeGrpcClient { client })

@@ -16,6 +16,7 @@ use invoq_frontend::grpc::{RegistryGrpcClient, RegistryGrpcServer};
 use invoq_frontend::server::HttpLimits;
 use invoq_frontend::{AccessKeys, Frontend};
 use invoq_pollers::{Pollers, SqsSourceChecker};
+use invoq_proto::bearer::{GrpcToken, RequireToken};
 use invoq_proto::v1::queue_server::QueueServer;
 use invoq_proto::v1::registry_server::RegistryServer;
 use invoq_proto::v1::runtime_server::RuntimeServer;
@@ -30,6 +31,7 @@ use invoq_runtime::{
 use invoq_worker::policy::RetryPolicy;
 use invoq_worker::{AsyncTarget, FunctionDirectory, Worker, WorkerConfig};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 /// mimalloc rather than glibc's malloc: every event allocates on several threads (HTTP,
 /// queue writer, worker, router), and glibc's arenas showed up in profiles with about 5% of
@@ -44,9 +46,42 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "AWS Lambda's invocation machinery, self-hosted"
 )]
 struct Cli {
+    #[command(flatten)]
+    grpc: GrpcTokenArgs,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The shared secret of the gRPC services (every invoq process of a deployment gets the same).
+#[derive(Debug, Args)]
+struct GrpcTokenArgs {
+    /// Bearer token every gRPC call between invoq services carries and every service but
+    /// health checks requires; needed to serve gRPC off loopback.
+    #[arg(long, env = "INVOQ_GRPC_TOKEN", global = true, hide_env_values = true)]
+    grpc_token: Option<String>,
+    /// A file whose first line is the gRPC token (instead of --grpc-token).
+    #[arg(long, env = "INVOQ_GRPC_TOKEN_FILE", global = true)]
+    grpc_token_file: Option<PathBuf>,
+}
+
+impl GrpcTokenArgs {
+    fn token(&self) -> anyhow::Result<Option<GrpcToken>> {
+        let secret = match (&self.grpc_token, &self.grpc_token_file) {
+            (Some(token), _) if !token.is_empty() => token.clone(),
+            (_, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the gRPC token in {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => return Ok(None),
+        };
+        Ok(Some(GrpcToken::new(&secret).context("--grpc-token")?))
+    }
+}
+
+/// The gRPC token, read once from the command line (every client and server takes it).
+static GRPC_TOKEN: std::sync::OnceLock<Option<GrpcToken>> = std::sync::OnceLock::new();
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -302,7 +337,7 @@ struct RuntimeAddr {
 
 impl RuntimeAddr {
     fn connect(&self) -> anyhow::Result<Arc<dyn RuntimeService>> {
-        let client = RuntimeGrpcClient::connect_lazy(&self.runtime_addr)
+        let client = RuntimeGrpcClient::connect_lazy(&self.runtime_addr, grpc_token()?)
             .with_context(|| format!("runtime address {}", self.runtime_addr))?;
         Ok(Arc::new(client))
     }
@@ -321,7 +356,7 @@ struct RegistryAddr {
 
 impl RegistryAddr {
     fn connect(&self) -> anyhow::Result<RegistryGrpcClient> {
-        RegistryGrpcClient::connect_lazy(&self.registry_addr)
+        RegistryGrpcClient::connect_lazy(&self.registry_addr, grpc_token()?)
             .with_context(|| format!("registry address {}", self.registry_addr))
     }
 }
@@ -384,7 +419,7 @@ impl QueueArgs {
         match self.queue {
             QueueBackend::Sqs => self.sqs(aws),
             QueueBackend::Embedded | QueueBackend::Memory => {
-                let client = QueueGrpcClient::connect_lazy(&self.queue_addr)
+                let client = QueueGrpcClient::connect_lazy(&self.queue_addr, grpc_token()?)
                     .with_context(|| format!("queue address {}", self.queue_addr))?;
                 Ok(Arc::new(client))
             }
@@ -484,7 +519,9 @@ async fn main() -> anyhow::Result<()> {
     }
     // One AWS environment for the adapters, the pollers and the SQS queue backend.
     let aws = || invoq_adapters::aws::sdk_config_from_env();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let _ = GRPC_TOKEN.set(cli.grpc.token()?);
+    match cli.command {
         Command::Serve {
             http,
             common,
@@ -503,6 +540,7 @@ async fn main() -> anyhow::Result<()> {
             let frontend = open_frontend(&http, &common.data_dir, runtime.clone(), queue.clone())?;
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws.clone())));
             if let Some(grpc_addr) = grpc_addr {
+                ensure_grpc_exposure(grpc_addr)?;
                 let listener = bind(grpc_addr, "grpc").await?;
                 let services = GrpcServices {
                     runtime: Some(runtime.clone()),
@@ -540,6 +578,7 @@ async fn main() -> anyhow::Result<()> {
             let queue = queue.connect(&aws)?;
             let frontend = open_frontend(&http, &common.data_dir, runtime.connect()?, queue)?;
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws)));
+            ensure_grpc_exposure(grpc_addr)?;
             let listener = bind(grpc_addr, "grpc").await?;
             let services = GrpcServices {
                 registry: Some(frontend.clone()),
@@ -553,6 +592,7 @@ async fn main() -> anyhow::Result<()> {
             grpc_addr,
             sandbox,
         } => {
+            ensure_grpc_exposure(grpc_addr)?;
             let runtime = Arc::new(open_runtime(&common.data_dir, &sandbox).await?);
             let listener = bind(grpc_addr, "grpc").await?;
             let services = GrpcServices {
@@ -567,6 +607,7 @@ async fn main() -> anyhow::Result<()> {
             queue,
         } => {
             let queue = queue.open(&common.data_dir, &aws().await)?;
+            ensure_grpc_exposure(grpc_addr)?;
             let listener = bind(grpc_addr, "grpc").await?;
             let services = GrpcServices {
                 queue: Some(queue),
@@ -804,11 +845,16 @@ impl GrpcServices {
                 .set_serving::<RegistryServer<RegistryGrpcServer>>()
                 .await;
         }
+        // Every service but health requires the token, when there is one.
+        let require = RequireToken(grpc_token()?);
+        let runtime = self.runtime.map(RuntimeGrpcServer::new);
+        let queue = self.queue.map(QueueGrpcServer::new);
+        let registry = self.registry.map(RegistryGrpcServer::new);
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_optional_service(self.runtime.map(RuntimeGrpcServer::new))
-            .add_optional_service(self.queue.map(QueueGrpcServer::new))
-            .add_optional_service(self.registry.map(RegistryGrpcServer::new))
+            .add_optional_service(runtime.map(|s| InterceptedService::new(s, require.clone())))
+            .add_optional_service(queue.map(|s| InterceptedService::new(s, require.clone())))
+            .add_optional_service(registry.map(|s| InterceptedService::new(s, require.clone())))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown_signal(),
@@ -816,6 +862,22 @@ impl GrpcServices {
             .await
             .context("grpc server failed")
     }
+}
+
+/// The gRPC token of this process, if one is configured.
+fn grpc_token() -> anyhow::Result<Option<GrpcToken>> {
+    Ok(GRPC_TOKEN.get().cloned().flatten())
+}
+
+/// A runtime, queue or registry service reachable off loopback runs code or holds events
+/// for anyone who calls it: refuse to serve one there without the token.
+fn ensure_grpc_exposure(addr: SocketAddr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback() || grpc_token()?.is_some(),
+        "gRPC services on {addr} (not a loopback address) need a shared token: set \
+         INVOQ_GRPC_TOKEN or INVOQ_GRPC_TOKEN_FILE, the same for every invoq service"
+    );
+    Ok(())
 }
 
 /// Runs a consumer loop (worker, router, pollers) with a gRPC health service beside it, until

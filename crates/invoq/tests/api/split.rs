@@ -8,8 +8,15 @@ use serde_json::{Value, json};
 
 use crate::harness::{Invoq, create_builtin, create_function, data_dir, shell_echo_zip};
 
+/// The shared secret every process of these deployments is given.
+const TOKEN: [(&str, &str); 1] = [("INVOQ_GRPC_TOKEN", "split-deployment-secret")];
+
 /// `invoq frontend` on a free port, using the runtime service at `runtime_url`.
 fn start_frontend(runtime_url: &str, data: &std::path::Path) -> Invoq {
+    start_frontend_with(runtime_url, data, &TOKEN)
+}
+
+fn start_frontend_with(runtime_url: &str, data: &std::path::Path, env: &[(&str, &str)]) -> Invoq {
     let args = [
         "frontend",
         "--http-addr",
@@ -21,7 +28,7 @@ fn start_frontend(runtime_url: &str, data: &std::path::Path) -> Invoq {
         "--queue-addr",
         &format!("http://127.0.0.1:{}", free_port()),
     ];
-    Invoq::start(&args, data, &[], 2)
+    Invoq::start(&args, data, env, 2)
 }
 
 /// A port nobody listens on right now, so a restarted runtime can come back on it.
@@ -40,7 +47,7 @@ async fn frontend_and_runtime_run_as_separate_processes() {
     let runtime = Invoq::start(
         &["runtime", "--grpc-addr", &runtime_addr],
         runtime_data.path(),
-        &[],
+        &TOKEN,
         1,
     );
     let frontend_data = data_dir();
@@ -95,7 +102,7 @@ async fn frontend_and_runtime_run_as_separate_processes() {
     let _runtime = Invoq::start(
         &["runtime", "--grpc-addr", &runtime_addr],
         fresh_data.path(),
-        &[],
+        &TOKEN,
         1,
     );
     assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
@@ -113,7 +120,7 @@ async fn serve_also_exposes_its_runtime_over_grpc() {
             "127.0.0.1:0",
         ],
         serve_data.path(),
-        &[],
+        &TOKEN,
         2,
     );
     let frontend_data = data_dir();
@@ -133,4 +140,55 @@ async fn serve_also_exposes_its_runtime_over_grpc() {
         output.unwrap().payload().map(Blob::as_ref),
         Some(b"true".as_slice())
     );
+}
+
+#[tokio::test]
+async fn services_refuse_callers_without_the_token() {
+    let runtime_addr = format!("127.0.0.1:{}", free_port());
+    let runtime_data = data_dir();
+    let _runtime = Invoq::start(
+        &["runtime", "--grpc-addr", &runtime_addr],
+        runtime_data.path(),
+        &TOKEN,
+        1,
+    );
+    let frontend_data = data_dir();
+    let frontend = start_frontend_with(
+        &format!("http://{runtime_addr}"),
+        frontend_data.path(),
+        &[("INVOQ_GRPC_TOKEN", "a-guess")],
+    );
+    let client = frontend.client();
+    create_builtin(&client, "echo", "echo").await;
+    let refused = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new("{}"))
+        .send()
+        .await
+        .expect_err("the runtime refuses a wrong token");
+    assert_eq!(refused.code(), Some("ServiceException"), "{refused:?}");
+
+    // Health checks stay open.
+    let health = std::process::Command::new(env!("CARGO_BIN_EXE_invoq"))
+        .args(["health", &format!("http://{runtime_addr}")])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
+}
+
+#[test]
+fn services_off_loopback_need_the_token_to_start() {
+    let data = data_dir();
+    // Refused before anything binds: no non-loopback socket is opened.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_invoq"))
+        .args(["runtime", "--grpc-addr", "0.0.0.0:0"])
+        .env("INVOQ_DATA_DIR", data.path())
+        .env_remove("INVOQ_GRPC_TOKEN")
+        .env_remove("INVOQ_GRPC_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("need a shared token"), "{stderr}");
 }
