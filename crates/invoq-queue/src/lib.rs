@@ -18,6 +18,7 @@
 mod consumer;
 mod embedded;
 pub mod grpc;
+mod heartbeat;
 mod sqs;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ use bytes::Bytes;
 
 pub use consumer::consume;
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
+pub use heartbeat::Heartbeat;
 pub use sqs::{SqsQueue, SqsQueueOptions};
 
 /// The queue the frontend fills with accepted Event invocations.

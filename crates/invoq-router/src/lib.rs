@@ -19,10 +19,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_adapters::{Delivery, DeliveryKind, Destination};
 use invoq_domain::asynchronous::Outcome;
-use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem};
+use invoq_queue::{DELIVERIES, EventQueue, Heartbeat, Lease, PARKED, QueueItem};
 
-/// A round of deliveries must end within this lease.
-const LEASE: Duration = Duration::from_secs(120);
+/// How long a lease lasts; a [`Heartbeat`] renews it while a round of deliveries runs. It is
+/// about how long a crashed router's outcomes wait before another router takes them.
+const LEASE: Duration = Duration::from_secs(10);
+/// How long one call to a destination may take before it counts as failed (and is retried
+/// with the round's backoff).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Runs a function asynchronously: how function destinations are delivered.
@@ -108,6 +112,18 @@ pub struct Router {
 }
 
 /// One place an outcome goes.
+/// How a delivery round ends.
+enum RoundEnd {
+    /// Every target has the outcome.
+    Delivered,
+    /// Into `queue` again (a later round, or parked), with what this round learned.
+    Requeue {
+        queue: &'static str,
+        body: Bytes,
+        delay: Duration,
+    },
+}
+
 struct Target {
     /// `on_success`, `on_failure` or `dead_letter`, as recorded in the outcome's progress.
     key: &'static str,
@@ -144,15 +160,44 @@ impl Router {
         })
         .await;
     }
-    /// One delivery round for a leased outcome.
+    /// One delivery round for a leased outcome, with the lease kept by a heartbeat for as
+    /// long as the round takes. A round whose lease was lost settles nothing: the router
+    /// that holds the outcome now delivers it (with the same deduplication ids).
     async fn deliver(&self, lease: Lease) {
+        let id = lease.item.id.clone();
+        let heartbeat = Heartbeat::start(self.queue.clone(), lease.clone(), LEASE);
+        let ending = tokio::select! {
+            ending = self.round(&lease) => Some(ending),
+            () = heartbeat.lost() => None,
+        };
+        let Some(lease) = heartbeat.stop().await else {
+            tracing::warn!(%id, "lease lost during a delivery round; it is not settled here");
+            return;
+        };
+        match ending {
+            Some(RoundEnd::Delivered) => {
+                if let Err(error) = self.queue.ack(&lease).await {
+                    tracing::warn!(%error, request_id = %id, "delivered, but the ack failed; it will be delivered again");
+                }
+            }
+            Some(RoundEnd::Requeue { queue, body, delay }) => {
+                self.settle(&lease, queue, body, delay).await;
+            }
+            None => {}
+        }
+    }
+
+    /// Sends the outcome to every target it has not reached yet; says what becomes of it.
+    async fn round(&self, lease: &Lease) -> RoundEnd {
         let mut outcome: Outcome = match serde_json::from_slice(&lease.item.body) {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::error!(%error, id = %lease.item.id, "unreadable outcome parked");
-                self.settle(&lease, PARKED, lease.item.body.clone(), Duration::ZERO)
-                    .await;
-                return;
+                return RoundEnd::Requeue {
+                    queue: PARKED,
+                    body: lease.item.body.clone(),
+                    delay: Duration::ZERO,
+                };
             }
         };
         let mut failures = Vec::new();
@@ -165,7 +210,16 @@ impl Router {
             {
                 continue;
             }
-            match self.send(&outcome, &target).await {
+            let sent = tokio::time::timeout(DELIVERY_TIMEOUT, self.send(&outcome, &target))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer from {} within {} s",
+                        target.arn,
+                        DELIVERY_TIMEOUT.as_secs()
+                    ))
+                });
+            match sent {
                 Ok(()) => {
                     self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
                     outcome.delivery.delivered.push(target.key.to_owned());
@@ -183,10 +237,7 @@ impl Router {
             }
         }
         if failures.is_empty() {
-            if let Err(error) = self.queue.ack(&lease).await {
-                tracing::warn!(%error, request_id = %lease.item.id, "delivered, but the ack failed; it will be delivered again");
-            }
-            return;
+            return RoundEnd::Delivered;
         }
         outcome.delivery.failed_attempts += 1;
         outcome.delivery.last_error = Some(failures.join("; "));
@@ -194,10 +245,18 @@ impl Router {
         if outcome.delivery.failed_attempts >= self.config.max_attempts {
             self.metrics.parked.fetch_add(1, Ordering::Relaxed);
             tracing::error!(request_id = %lease.item.id, "delivery gave up; outcome parked");
-            self.settle(&lease, PARKED, body, Duration::ZERO).await;
+            RoundEnd::Requeue {
+                queue: PARKED,
+                body,
+                delay: Duration::ZERO,
+            }
         } else {
             let delay = backoff(outcome.delivery.failed_attempts).mul_f64(self.config.time_scale);
-            self.settle(&lease, DELIVERIES, body, delay).await;
+            RoundEnd::Requeue {
+                queue: DELIVERIES,
+                body,
+                delay,
+            }
         }
     }
 

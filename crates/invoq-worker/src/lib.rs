@@ -5,8 +5,8 @@
 //! goes to `deliveries` with Lambda's invocation record, in the same step that ends the lease.
 //!
 //! Invariants kept here:
-//! - before the function runs, its lease covers the function timeout plus a margin (it is
-//!   extended if it does not), so a slow function is never run twice in parallel;
+//! - a heartbeat keeps an event's lease for the whole attempt, however long, so no other
+//!   worker runs it meanwhile; an attempt whose lease was lost anyway settles nothing;
 //! - an event's request id never changes across attempts;
 //! - events run the function's code and settings current when they run.
 //!
@@ -24,19 +24,16 @@ use invoq_domain::asynchronous::{
     AsyncSettings, Condition, InvocationRecord, Outcome, QueuedInvocation, RequestContext,
     ResponseContext,
 };
-use invoq_queue::{DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueItem};
+use invoq_queue::{DELIVERIES, EventQueue, Heartbeat, INVOCATIONS, Lease, QueueItem};
 use invoq_runtime::{FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService};
 use serde_json::Value;
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
-/// How much longer than the function timeout a lease lasts: time to record the outcome
-/// after the timeout fired. It is also how long a crashed worker's events wait before
-/// another attempt, so it stays short.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
-/// The lease taken before the function's timeout is known; it is extended to the timeout
-/// plus [`LEASE_MARGIN`] right after, unless what is left of it already covers that.
-const INITIAL_LEASE: Duration = Duration::from_secs(10);
+/// How long a lease lasts; a [`Heartbeat`] renews it every third of that while the attempt
+/// runs, however long that is. It is also about how long a crashed worker's events wait
+/// before another worker takes them, so it stays short.
+const LEASE: Duration = Duration::from_secs(10);
 /// How long an event waits when the function registry cannot be reached.
 const REGISTRY_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -77,11 +74,51 @@ pub struct Worker {
     metrics: Arc<WorkerMetrics>,
 }
 
-/// Counters behind `/metrics`: terminal outcomes by condition, and retries scheduled.
+/// Counters behind `/metrics`: terminal outcomes by condition, retries scheduled, and events
+/// dropped without an outcome.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
     outcomes: [AtomicU64; 4],
     retries: AtomicU64,
+    dropped: [AtomicU64; 2],
+}
+
+/// What to do with a leased event once its attempt is over.
+enum Settlement {
+    /// No outcome can ever come of it.
+    Drop(DropReason),
+    /// Back to the queue after a pause, not the event's fault.
+    Release(Duration),
+    Finish {
+        event: QueuedInvocation,
+        target: AsyncTarget,
+        condition: Condition,
+        response: Option<InvocationResult>,
+    },
+    Retry {
+        event: QueuedInvocation,
+        delay: Duration,
+    },
+}
+
+/// Why an event ended without an outcome (`invoq_events_dropped_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DropReason {
+    /// Its function was deleted before it ran.
+    FunctionDeleted,
+    /// Its queued form cannot be read.
+    Unreadable,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 2] = [DropReason::FunctionDeleted, DropReason::Unreadable];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::FunctionDeleted => "function_deleted",
+            DropReason::Unreadable => "unreadable",
+        }
+    }
 }
 
 const CONDITIONS: [Condition; 4] = [
@@ -92,6 +129,14 @@ const CONDITIONS: [Condition; 4] = [
 ];
 
 impl WorkerMetrics {
+    fn dropped(&self, reason: DropReason) {
+        let index = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dropped[index].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn finished(&self, condition: Condition) {
         if let Some(index) = CONDITIONS.iter().position(|c| *c == condition) {
             self.outcomes[index].fetch_add(1, Ordering::Relaxed);
@@ -115,6 +160,17 @@ impl WorkerMetrics {
              # TYPE invoq_async_retries_total counter\ninvoq_async_retries_total {}\n",
             self.retries.load(Ordering::Relaxed)
         ));
+        text.push_str(
+            "# HELP invoq_events_dropped_total Accepted events that ended without an outcome, by reason.\n\
+             # TYPE invoq_events_dropped_total counter\n",
+        );
+        for (reason, counter) in DropReason::ALL.iter().zip(&self.dropped) {
+            text.push_str(&format!(
+                "invoq_events_dropped_total{{reason=\"{}\"}} {}\n",
+                reason.label(),
+                counter.load(Ordering::Relaxed)
+            ));
+        }
         text
     }
 }
@@ -143,31 +199,78 @@ impl Worker {
     pub async fn run(self: Arc<Self>) {
         let concurrency = self.config.concurrency;
         let queue = self.queue.clone();
-        invoq_queue::consume(
-            queue,
-            INVOCATIONS,
-            concurrency,
-            INITIAL_LEASE,
-            move |lease| {
-                let worker = self.clone();
-                async move { worker.process(lease).await }
-            },
-        )
+        invoq_queue::consume(queue, INVOCATIONS, concurrency, LEASE, move |lease| {
+            let worker = self.clone();
+            async move { worker.process(lease).await }
+        })
         .await;
     }
 
-    /// Runs one attempt of a leased event and settles the lease.
+    /// Runs one attempt of a leased event and settles the lease. A heartbeat keeps the
+    /// lease for the whole attempt (registry lookup, concurrency, cold start, the run); if
+    /// the lease is lost the attempt is abandoned and nothing is settled: whoever holds the
+    /// event now runs it.
     async fn process(&self, lease: Lease) {
-        // The lease was granted just before this and lasts INITIAL_LEASE from about here (a
-        // remote queue's a little earlier: the seconds of LEASE_MARGIN absorb that).
-        let leased_at = tokio::time::Instant::now();
+        let id = lease.item.id.clone();
+        let heartbeat = Heartbeat::start(self.queue.clone(), lease.clone(), LEASE);
+        let settlement = tokio::select! {
+            settlement = self.attempt(&lease) => Some(settlement),
+            () = heartbeat.lost() => None,
+        };
+        let Some(lease) = heartbeat.stop().await else {
+            tracing::warn!(%id, "lease lost during the attempt; its result is discarded");
+            return;
+        };
+        let Some(settlement) = settlement else {
+            return;
+        };
+        match settlement {
+            Settlement::Drop(reason) => {
+                self.metrics.dropped(reason);
+                let _ = self.queue.ack(&lease).await;
+            }
+            Settlement::Release(pause) => {
+                let _ = self.queue.nack(&lease, pause).await;
+            }
+            Settlement::Finish {
+                event,
+                target,
+                condition,
+                response,
+            } => {
+                self.finish(&lease, &event, &target, condition, response.as_ref())
+                    .await;
+            }
+            Settlement::Retry { event, delay } => {
+                let item = QueueItem {
+                    id: event.request_id.clone(),
+                    body: to_json(&event),
+                };
+                match self
+                    .queue
+                    .settle_and_enqueue(&lease, INVOCATIONS, item, delay)
+                    .await
+                {
+                    Ok(()) => {
+                        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, request_id = %event.request_id,
+                            "retry not recorded; the lease will expire and the attempt repeat");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt, up to the decision of what to do with the event.
+    async fn attempt(&self, lease: &Lease) -> Settlement {
         let mut event: QueuedInvocation = match serde_json::from_slice(&lease.item.body) {
             Ok(event) => event,
             Err(error) => {
                 // Nothing can ever run it; keep it out of the way of the rest.
                 tracing::error!(%error, id = %lease.item.id, "unreadable queued invocation dropped");
-                let _ = self.queue.ack(&lease).await;
-                return;
+                return Settlement::Drop(DropReason::Unreadable);
             }
         };
         let resolved = self
@@ -179,47 +282,27 @@ impl Worker {
             Ok(None) => {
                 tracing::warn!(request_id = %event.request_id, function = %event.function_name,
                     "function deleted before its event ran; event dropped");
-                let _ = self.queue.ack(&lease).await;
-                return;
+                return Settlement::Drop(DropReason::FunctionDeleted);
             }
             Err(error) => {
                 // Not the event's fault: it runs once the registry answers again.
                 tracing::warn!(%error, request_id = %event.request_id, "cannot resolve the function");
-                let _ = self.queue.nack(&lease, REGISTRY_RETRY_PAUSE).await;
-                return;
+                return Settlement::Release(REGISTRY_RETRY_PAUSE);
             }
         };
         let policy = self.config.retry_policy;
+        let finish = |event, target, condition| Settlement::Finish {
+            event,
+            target,
+            condition,
+            response: None,
+        };
         if target.spec.reserved_concurrency == Some(0) {
-            return self
-                .finish(
-                    &lease,
-                    &event,
-                    &target,
-                    Condition::ZeroReservedConcurrency,
-                    None,
-                )
-                .await;
+            return finish(event, target, Condition::ZeroReservedConcurrency);
         }
         if policy.expired(&event, &target.settings, now_ms()) {
-            return self
-                .finish(&lease, &event, &target, Condition::EventAgeExceeded, None)
-                .await;
+            return finish(event, target, Condition::EventAgeExceeded);
         }
-        let needed = target.spec.timeout + LEASE_MARGIN;
-        let lease = if INITIAL_LEASE.saturating_sub(leased_at.elapsed()) >= needed {
-            // Short functions (the default 3 s timeout) fit in the first lease: one queue
-            // round trip fewer per event.
-            lease
-        } else {
-            match self.queue.extend(&lease, needed).await {
-                Ok(lease) => lease,
-                Err(error) => {
-                    tracing::warn!(%error, request_id = %event.request_id, "lease lost before running");
-                    return;
-                }
-            }
-        };
 
         let invocation = Invocation {
             function: target.spec.clone(),
@@ -256,29 +339,13 @@ impl Worker {
             }
         };
         match policy.decide(&event, attempt, &target.settings, now_ms()) {
-            Decision::Finish(condition) => {
-                self.finish(&lease, &event, &target, condition, response.as_ref())
-                    .await;
-            }
-            Decision::RetryAfter(delay) => {
-                let item = QueueItem {
-                    id: event.request_id.clone(),
-                    body: to_json(&event),
-                };
-                match self
-                    .queue
-                    .settle_and_enqueue(&lease, INVOCATIONS, item, delay)
-                    .await
-                {
-                    Ok(()) => {
-                        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, request_id = %event.request_id,
-                            "retry not recorded; the lease will expire and the attempt repeat");
-                    }
-                }
-            }
+            Decision::Finish(condition) => Settlement::Finish {
+                event,
+                target,
+                condition,
+                response,
+            },
+            Decision::RetryAfter(delay) => Settlement::Retry { event, delay },
         }
     }
 

@@ -327,6 +327,36 @@ async fn an_event_running_past_the_first_lease_runs_once() {
 }
 
 #[tokio::test]
+async fn an_attempt_with_a_slow_cold_start_runs_once() {
+    // 8 s of init, then a 2.5 s handler with a 3 s timeout: the attempt lasts about 10.5 s,
+    // past the worker's 10 s lease, though the function timeout is short. Before the lease
+    // heartbeat the event was leased again while it ran, and ran two or three times.
+    let data = data_dir();
+    let invoq = serve_scaled(data.path(), &[]);
+    let client = invoq.client();
+    crate::harness::create_function(
+        &client,
+        "slow-init",
+        aws_sdk_lambda::types::Runtime::Providedal2023,
+        "slow-init",
+        Some(crate::harness::misbehaving_zip()),
+    )
+    .await;
+    put_config(&client, "slow-init", Some(0), None).await;
+    let request_id = invoke_event(&client, "slow-init", r#"{"slow":true}"#).await;
+    let record = outcome_of(data.path(), &request_id).await;
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    // A second run would have started at the 10 s mark and logs when it ends.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(attempts_logged(data.path(), "slow-init", &request_id), 1);
+    assert_eq!(
+        outcomes(data.path()).remove(&request_id).map(|r| r.len()),
+        Some(1)
+    );
+}
+
+#[tokio::test]
 async fn queued_events_run_the_code_current_when_they_execute() {
     let data = data_dir();
     let invoq = serve_scaled(data.path(), &[]);
