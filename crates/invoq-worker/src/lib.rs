@@ -89,16 +89,19 @@ enum Settlement {
     Drop(DropReason),
     /// Back to the queue after a pause, not the event's fault.
     Release(Duration),
-    Finish {
-        event: QueuedInvocation,
-        target: AsyncTarget,
-        condition: Condition,
-        response: Option<InvocationResult>,
-    },
+    Finish(Box<Finished>),
     Retry {
         event: QueuedInvocation,
         delay: Duration,
     },
+}
+
+/// A terminal outcome, ready to be handed to the router.
+struct Finished {
+    event: QueuedInvocation,
+    target: AsyncTarget,
+    condition: Condition,
+    response: Option<InvocationResult>,
 }
 
 /// Why an event ended without an outcome (`invoq_events_dropped_total{reason}`).
@@ -232,12 +235,13 @@ impl Worker {
             Settlement::Release(pause) => {
                 let _ = self.queue.nack(&lease, pause).await;
             }
-            Settlement::Finish {
-                event,
-                target,
-                condition,
-                response,
-            } => {
+            Settlement::Finish(finished) => {
+                let Finished {
+                    event,
+                    target,
+                    condition,
+                    response,
+                } = *finished;
                 self.finish(&lease, &event, &target, condition, response.as_ref())
                     .await;
             }
@@ -291,11 +295,13 @@ impl Worker {
             }
         };
         let policy = self.config.retry_policy;
-        let finish = |event, target, condition| Settlement::Finish {
-            event,
-            target,
-            condition,
-            response: None,
+        let finish = |event, target, condition| {
+            Settlement::Finish(Box::new(Finished {
+                event,
+                target,
+                condition,
+                response: None,
+            }))
         };
         if target.spec.reserved_concurrency == Some(0) {
             return finish(event, target, Condition::ZeroReservedConcurrency);
@@ -339,12 +345,12 @@ impl Worker {
             }
         };
         match policy.decide(&event, attempt, &target.settings, now_ms()) {
-            Decision::Finish(condition) => Settlement::Finish {
+            Decision::Finish(condition) => Settlement::Finish(Box::new(Finished {
                 event,
                 target,
                 condition,
                 response,
-            },
+            })),
             Decision::RetryAfter(delay) => Settlement::Retry { event, delay },
         }
     }
