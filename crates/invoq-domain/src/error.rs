@@ -18,6 +18,8 @@ pub enum ErrorCode {
     InvalidZipFile,
     UnknownOperation,
     Service,
+    /// A `ServiceException` answered 503: invoq cannot store right now, try again.
+    ServiceUnavailable,
     /// No `Authorization` header (or signature parameters) at all.
     MissingAuthenticationToken,
     /// An `Authorization` header without its Credential, SignedHeaders or Signature.
@@ -42,7 +44,7 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => "PreconditionFailedException",
             ErrorCode::InvalidZipFile => "InvalidZipFileException",
             ErrorCode::UnknownOperation => "UnknownOperationException",
-            ErrorCode::Service => "ServiceException",
+            ErrorCode::Service | ErrorCode::ServiceUnavailable => "ServiceException",
             ErrorCode::MissingAuthenticationToken => "MissingAuthenticationTokenException",
             ErrorCode::IncompleteSignature => "IncompleteSignatureException",
             ErrorCode::UnrecognizedClient => "UnrecognizedClientException",
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::RequestEntityTooLarge => 413,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Service => 500,
+            ErrorCode::ServiceUnavailable => 503,
             ErrorCode::InvalidZipFile => 502,
         }
     }
@@ -73,9 +76,10 @@ impl ErrorCode {
     /// and `message` for others, and SDKs only read the one they expect.
     pub fn message_key(self) -> &'static str {
         match self {
-            ErrorCode::ResourceNotFound | ErrorCode::Service | ErrorCode::InvalidZipFile => {
-                "Message"
-            }
+            ErrorCode::ResourceNotFound
+            | ErrorCode::Service
+            | ErrorCode::ServiceUnavailable
+            | ErrorCode::InvalidZipFile => "Message",
             _ => "message",
         }
     }

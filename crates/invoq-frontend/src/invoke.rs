@@ -155,9 +155,14 @@ impl Frontend {
                 Metrics::count(&self.metrics.throttles);
                 Err(ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded.").into())
             }
+            // Nothing was stored: the caller may retry (SDKs retry 5xx), never a 202.
             Err(error) => {
                 tracing::error!(%error, "cannot enqueue an event");
-                Err(ApiError::service(format!("The event could not be stored: {error}")).into())
+                Err(ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("The event could not be stored: {error}"),
+                )
+                .into())
             }
         }
     }

@@ -21,8 +21,9 @@
 //! allows, and a worker asking for work does not wait for the disk.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,7 +69,10 @@ pub struct EmbeddedQueue {
 }
 
 struct Shared {
-    db: Arc<Database>,
+    /// The open database; `None` while the writer reopens it after a storage failure.
+    db: DatabaseSlot,
+    /// False from a failed commit until the database has been reopened.
+    healthy: Arc<AtomicBool>,
     commands: mpsc::UnboundedSender<Command>,
     /// Woken after every commit that made items visible.
     enqueued: Notify,
@@ -89,16 +93,15 @@ impl Drop for Shared {
 }
 
 impl EmbeddedQueue {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`. After a failed commit (a full disk, an
+    /// I/O error) redb refuses every write until the database is opened again; the writer
+    /// does that by itself, as soon as opening works, and answers errors until then.
     pub fn open(path: &Path, options: EmbeddedQueueOptions) -> Result<Self, QueueError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(storage)?;
         }
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(path)
-            .map_err(storage)?;
-        Self::start(db, options)
+        let db = open_file(path, &options)?;
+        Self::start(db, options, Some(path.to_path_buf()))
     }
 
     /// The same engine, in memory: nothing survives the process.
@@ -107,15 +110,21 @@ impl EmbeddedQueue {
             .set_cache_size(options.cache_bytes)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
-        Self::start(db, options)
+        Self::start(db, options, None)
     }
 
-    fn start(db: Database, options: EmbeddedQueueOptions) -> Result<Self, QueueError> {
-        let db = Arc::new(db);
+    fn start(
+        db: Database,
+        options: EmbeddedQueueOptions,
+        path: Option<PathBuf>,
+    ) -> Result<Self, QueueError> {
         let depths = Arc::new(Mutex::new(initial_depths(&db)?));
+        let db: DatabaseSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
+        let healthy = Arc::new(AtomicBool::new(true));
         let (commands, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             db: db.clone(),
+            healthy: healthy.clone(),
             commands,
             enqueued: Notify::new(),
             depths,
@@ -123,6 +132,8 @@ impl EmbeddedQueue {
         });
         let writer = Writer {
             db,
+            path,
+            healthy,
             options,
             depths: shared.depths.clone(),
             shared: Arc::downgrade(&shared),
@@ -271,6 +282,11 @@ impl EventQueue for EmbeddedQueue {
         })
     }
 
+    /// False from a failed commit until the database has been reopened.
+    fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
     async fn peek(&self, queue: &str, limit: PeekLimit) -> Result<Vec<QueueItem>, QueueError> {
         Ok(self
             .peek_raw(queue, limit)
@@ -287,7 +303,7 @@ impl EmbeddedQueue {
         queue: &str,
         limit: PeekLimit,
     ) -> Result<Vec<(u64, QueueItem)>, QueueError> {
-        let db = self.shared.db.clone();
+        let db = current(&self.shared.db)?;
         let queue = queue.to_owned();
         tokio::task::spawn_blocking(move || {
             let read = db.begin_read().map_err(storage)?;
@@ -360,7 +376,10 @@ impl Command {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: DatabaseSlot,
+    /// The database file, to reopen it after a failed commit (`None`: in memory).
+    path: Option<PathBuf>,
+    healthy: Arc<AtomicBool>,
     options: EmbeddedQueueOptions,
     depths: Arc<Mutex<HashMap<String, u64>>>,
     shared: std::sync::Weak<Shared>,
@@ -370,7 +389,7 @@ struct Writer {
 type PendingReply = Box<dyn FnOnce(Option<QueueError>) + Send>;
 
 impl Writer {
-    fn run(self, mut receiver: mpsc::UnboundedReceiver<Command>) {
+    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Command>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = receiver.blocking_recv() {
             batch.push(first);
@@ -380,14 +399,55 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if !self.healthy.load(Ordering::Relaxed) && !self.reopen() {
+                let error = QueueError::Storage(
+                    "queue storage failed and is not writable again yet; nothing was stored".into(),
+                );
+                for command in batch.drain(..) {
+                    command.fail(error.clone());
+                }
+                continue;
+            }
             self.commit_batch(&mut batch);
+        }
+    }
+
+    /// Opens the database file again after a failed commit; true once it is open.
+    fn reopen(&mut self) -> bool {
+        let Some(path) = self.path.clone() else {
+            return false;
+        };
+        let old = self.db.write().expect("database slot poisoned").take();
+        if let Some(old) = old {
+            // Readers (peeks) hold clones for a moment; redb opens a file only once.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        match open_file(&path, &self.options).and_then(|db| {
+            let depths = initial_depths(&db)?;
+            Ok((db, depths))
+        }) {
+            Ok((db, depths)) => {
+                *self.depths.lock().expect("depths poisoned") = depths;
+                *self.db.write().expect("database slot poisoned") = Some(Arc::new(db));
+                self.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(path = %path.display(), "queue storage writable again");
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "queue storage still failing");
+                false
+            }
         }
     }
 
     /// Commits a batch as up to two transactions: leases and extensions first, without
     /// fsync, so that a worker asking for work does not wait for the disk; then everything
     /// that must survive a crash, with one fsync for all of it.
-    fn commit_batch(&self, batch: &mut Vec<Command>) {
+    fn commit_batch(&mut self, batch: &mut Vec<Command>) {
         let (durable, quick): (Vec<Command>, Vec<Command>) =
             batch.drain(..).partition(Command::needs_fsync);
         if !quick.is_empty() {
@@ -398,13 +458,14 @@ impl Writer {
         }
     }
 
-    fn commit(&self, commands: Vec<Command>, durability: Durability) {
+    fn commit(&mut self, commands: Vec<Command>, durability: Durability) {
         let made_visible = commands.iter().any(Command::makes_visible);
         let mut commands = commands.into_iter();
         let mut depth_changes: HashMap<String, i64> = HashMap::new();
         let mut replies: Vec<PendingReply> = Vec::with_capacity(commands.len());
+        let db = current(&self.db);
         let result = (|| -> Result<(), QueueError> {
-            let mut transaction = self.db.begin_write().map_err(storage)?;
+            let mut transaction = db?.begin_write().map_err(storage)?;
             transaction.set_durability(durability).map_err(storage)?;
             {
                 let mut tables = Tables::open(&transaction)?;
@@ -439,6 +500,11 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "queue commit failed");
+                // redb refuses writes after a failed commit until it is reopened; a file
+                // can be, the next time commands arrive.
+                if self.path.is_some() {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
                 for reply in replies {
                     reply(Some(error.clone()));
                 }
@@ -778,6 +844,22 @@ fn decode_message(bytes: &[u8]) -> Result<(u64, QueueItem), QueueError> {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+type DatabaseSlot = Arc<RwLock<Option<Arc<Database>>>>;
+
+fn current(slot: &DatabaseSlot) -> Result<Arc<Database>, QueueError> {
+    slot.read()
+        .expect("database slot poisoned")
+        .clone()
+        .ok_or_else(|| QueueError::Storage("queue storage is being reopened".into()))
+}
+
+fn open_file(path: &Path, options: &EmbeddedQueueOptions) -> Result<Database, QueueError> {
+    Database::builder()
+        .set_cache_size(options.cache_bytes)
+        .create(path)
+        .map_err(storage)
 }
 
 fn storage(error: impl std::fmt::Display) -> QueueError {

@@ -126,6 +126,12 @@ pub trait EventQueue: Send + Sync + 'static {
 
     /// Items oldest first, without leasing them, within `limit`: for inspection.
     async fn peek(&self, queue: &str, limit: PeekLimit) -> Result<Vec<QueueItem>, QueueError>;
+
+    /// Whether the backend can store right now (false while it recovers from a storage
+    /// failure): what health checks report.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// How much one peek may return: at most `items` items of at most `bytes` bytes of bodies in

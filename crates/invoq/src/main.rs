@@ -837,8 +837,9 @@ impl GrpcServices {
                 .set_serving::<RuntimeServer<RuntimeGrpcServer>>()
                 .await;
         }
-        if self.queue.is_some() {
+        if let Some(queue) = &self.queue {
             health.set_serving::<QueueServer<QueueGrpcServer>>().await;
+            tokio::spawn(report_queue_health(queue.clone(), health.clone()));
         }
         if self.registry.is_some() {
             health
@@ -861,6 +862,35 @@ impl GrpcServices {
             )
             .await
             .context("grpc server failed")
+    }
+}
+
+/// Keeps the queue service's health status (and the whole server's) in step with the
+/// backend: NOT_SERVING while it cannot store, SERVING again once it can.
+async fn report_queue_health(
+    queue: Arc<dyn EventQueue>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = queue.is_healthy();
+        if now == healthy {
+            continue;
+        }
+        healthy = now;
+        let status = if healthy {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health
+            .set_service_status(
+                <QueueServer<QueueGrpcServer> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
     }
 }
 

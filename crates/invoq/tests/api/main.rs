@@ -11,6 +11,7 @@ mod exposure;
 mod harness;
 mod invoke;
 mod isolation;
+mod recovery;
 mod runtimes;
 mod scale_out;
 mod split;
