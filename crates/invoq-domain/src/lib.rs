@@ -45,3 +45,10 @@ pub const LATEST: &str = "$LATEST";
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// A request id that is the same every time for the same `seed` (a UUID v5): for invokes
+/// invoq makes itself and may make again, such as a function destination's delivery of one
+/// outcome, so that the receiving side can tell a redelivery from a new event.
+pub fn stable_request_id(seed: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, seed.as_bytes()).to_string()
+}

@@ -77,7 +77,11 @@ impl Registry for RegistryGrpcServer {
     ) -> Result<Response<pb::InvokeEventResponse>, Status> {
         let request = request.into_inner();
         self.frontend
-            .invoke_event(&request.function_arn, &request.event)
+            .invoke_event(
+                &request.function_arn,
+                &request.event,
+                Some(&request.request_id),
+            )
             .await
             .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::InvokeEventResponse {}))
@@ -162,10 +166,16 @@ impl RegistryGrpcClient {
         Ok(Bytes::from(response.into_inner().zip))
     }
 
-    pub async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+    pub async fn invoke_event(
+        &self,
+        function_arn: &str,
+        event: &str,
+        request_id: &str,
+    ) -> Result<(), String> {
         let request = pb::InvokeEventRequest {
             function_arn: function_arn.to_owned(),
             event: event.to_owned(),
+            request_id: request_id.to_owned(),
         };
         self.client
             .clone()

@@ -257,14 +257,22 @@ impl Frontend {
     }
 
     /// An asynchronous invoke of the function `function_arn` names, as a function
-    /// destination receives its record.
-    pub async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+    /// destination receives its record; under `request_id` when given (the same for every
+    /// redelivery of one record), a new one otherwise.
+    pub async fn invoke_event(
+        &self,
+        function_arn: &str,
+        event: &str,
+        request_id: Option<&str>,
+    ) -> Result<(), String> {
         let function = FunctionRef::parse(function_arn, None).map_err(|error| error.message)?;
         let record = self
             .store
             .get(&function.name)
             .ok_or_else(|| format!("destination function {function_arn} does not exist"))?;
-        let request_id = invoq_domain::new_request_id();
+        let request_id = request_id
+            .filter(|id| !id.is_empty())
+            .map_or_else(invoq_domain::new_request_id, str::to_owned);
         let invoked_arn = self.location.function_arn(&record.name);
         self.accept_event(&request_id, &record.name, invoked_arn, event.as_bytes())
             .await

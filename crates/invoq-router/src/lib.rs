@@ -32,7 +32,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Runs a function asynchronously: how function destinations are delivered.
 #[async_trait]
 pub trait AsyncInvoker: Send + Sync + 'static {
-    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String>;
+    /// An Event invoke of `function_arn` with `event`, under `request_id`: the same for
+    /// every redelivery of one outcome to one target.
+    async fn invoke_event(
+        &self,
+        function_arn: &str,
+        event: &str,
+        request_id: &str,
+    ) -> Result<(), String>;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -267,8 +274,13 @@ impl Router {
         let record_json = serde_json::to_string(record).expect("records serialise");
         let is_function = invoq_domain::Arn::parse(&target.arn)
             .is_ok_and(|arn| arn.service == invoq_domain::arn::Service::Lambda);
+        let deduplication_id = format!("{request_id}-{condition:?}-{}", target.key);
         if target.key != "dead_letter" && is_function {
-            return self.invoker.invoke_event(&target.arn, &record_json).await;
+            let request_id = invoq_domain::stable_request_id(&deduplication_id);
+            return self
+                .invoker
+                .invoke_event(&target.arn, &record_json, &request_id)
+                .await;
         }
         let (kind, body) = if target.key == "dead_letter" {
             let error_message = outcome
@@ -291,7 +303,7 @@ impl Router {
             kind,
             body,
             request_id: request_id.clone(),
-            deduplication_id: format!("{request_id}-{condition:?}-{}", target.key),
+            deduplication_id,
         };
         self.destinations
             .deliver(&delivery)

@@ -16,11 +16,18 @@ use invoq_router::{AsyncInvoker, Router, RouterConfig};
 #[derive(Default)]
 struct RecordingInvoker {
     events: Mutex<Vec<(String, String)>>,
+    request_ids: Mutex<Vec<String>>,
 }
 
 #[async_trait]
 impl AsyncInvoker for RecordingInvoker {
-    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+    async fn invoke_event(
+        &self,
+        function_arn: &str,
+        event: &str,
+        request_id: &str,
+    ) -> Result<(), String> {
+        self.request_ids.lock().unwrap().push(request_id.to_owned());
         self.events
             .lock()
             .unwrap()
@@ -290,4 +297,23 @@ async fn function_destinations_are_invoked_asynchronously_and_empty_outcomes_dro
     assert_eq!(record["requestContext"]["requestId"], "chain");
     until_settled(&setup.queue).await;
     assert!(setup.memory.delivered().is_empty());
+
+    // The same outcome delivered again (a redelivery after a crash) carries the same
+    // request id, so the destination function's side can tell it is not a new event.
+    enqueue(
+        &setup.queue,
+        &outcome("chain", Condition::Success, destinations_to(function)),
+    )
+    .await;
+    until(|| setup.invoker.events.lock().unwrap().len() == 2).await;
+    let ids = setup.invoker.request_ids.lock().unwrap().clone();
+    assert_eq!(ids[0], ids[1], "one request id per outcome and target");
+    assert_ne!(ids[0], "chain", "not the source event's own id");
+}
+
+fn destinations_to(function: &str) -> Destinations {
+    Destinations {
+        on_success: Some(function.into()),
+        ..Default::default()
+    }
 }

@@ -791,10 +791,19 @@ impl FunctionDirectory for Registry {
 /// Function destinations: the router invokes them asynchronously through the frontend.
 #[async_trait::async_trait]
 impl AsyncInvoker for Registry {
-    async fn invoke_event(&self, function_arn: &str, event: &str) -> Result<(), String> {
+    async fn invoke_event(
+        &self,
+        function_arn: &str,
+        event: &str,
+        request_id: &str,
+    ) -> Result<(), String> {
         match self {
-            Registry::Local(frontend) => frontend.invoke_event(function_arn, event).await,
-            Registry::Remote(client) => client.invoke_event(function_arn, event).await,
+            Registry::Local(frontend) => {
+                frontend
+                    .invoke_event(function_arn, event, Some(request_id))
+                    .await
+            }
+            Registry::Remote(client) => client.invoke_event(function_arn, event, request_id).await,
         }
     }
 }
