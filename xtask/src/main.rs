@@ -26,6 +26,16 @@ enum Task {
     Test,
     /// What CI runs: cargo fmt --check, clippy -D warnings, then the test suite.
     Ci,
+    /// The SIGKILL chaos run (tests/api/chaos.rs) for longer than CI's short one, with its
+    /// table of kills, accepted, lost and duplicated events and recovery times.
+    Chaos {
+        /// Seconds of load and kills.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Event invokes per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+    },
     /// Run LocalStack (SQS, SNS, EventBridge) from PyPI on 127.0.0.1, without Docker.
     Localstack {
         #[arg(long, default_value_t = 4566)]
@@ -58,6 +68,22 @@ fn main() -> anyhow::Result<()> {
             check_compose()?;
             test()
         }
+        Task::Chaos { seconds, rate } => cargo(
+            &[
+                "test",
+                "--package",
+                "invoq",
+                "--test",
+                "api",
+                "chaos::",
+                "--",
+                "--nocapture",
+            ],
+            &[
+                ("INVOQ_CHAOS_SECONDS", &seconds.to_string()),
+                ("INVOQ_CHAOS_RATE", &rate.to_string()),
+            ],
+        ),
         Task::Localstack { port } => {
             let python = ensure_localstack()?;
             let state = PathBuf::from(".invoq/localstack");

@@ -4,6 +4,7 @@
 mod adapters;
 mod asynchronous;
 mod bench;
+mod chaos;
 mod control_plane;
 mod destinations;
 mod event_sources;
