@@ -299,3 +299,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in "\\PC{0,200}") {
+            let _ = Arn::parse(&text);
+        }
+
+        #[test]
+        fn arn_shaped_text_never_panics_and_round_trips(
+            service in "(sqs|sns|events|s3|lambda|iam)",
+            region in "[a-z0-9-]{0,16}",
+            account in "[0-9]{0,14}",
+            resource in "[a-zA-Z0-9_./:$-]{0,90}",
+        ) {
+            let text = format!("arn:aws:{service}:{region}:{account}:{resource}");
+            if let Ok(arn) = Arn::parse(&text) {
+                prop_assert_eq!(arn.to_string(), text);
+                // A name that may become a file name is one plain component.
+                if let Some(name) = arn.file_name() {
+                    prop_assert!(!name.contains('/') && !name.starts_with('.') && !name.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -231,3 +231,32 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_function_name_and_qualifier_parse_or_fail_cleanly(
+            name in "\\PC{0,200}",
+            qualifier in proptest::option::of("\\PC{0,140}"),
+        ) {
+            let _ = FunctionRef::parse(&name, qualifier.as_deref());
+        }
+
+        #[test]
+        fn arn_shaped_names_parse_or_fail_cleanly(
+            region in "[a-z0-9-]{0,14}",
+            account in "[0-9]{0,13}",
+            rest in "[a-zA-Z0-9_:$-]{0,80}",
+        ) {
+            let name = format!("arn:aws:lambda:{region}:{account}:function:{rest}");
+            if let Ok(function) = FunctionRef::parse(&name, None) {
+                prop_assert!(is_valid_name(&function.name));
+            }
+        }
+    }
+}

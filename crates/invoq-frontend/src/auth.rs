@@ -362,6 +362,27 @@ mod tests {
         assert_eq!(error.code, ErrorCode::MissingAuthenticationToken);
     }
 
+    proptest::proptest! {
+        /// Any Authorization header, any date: refused cleanly, never a panic, never a pass.
+        #[test]
+        fn any_authorization_header_is_refused_without_panicking(
+            authorization in "\\PC{0,300}",
+            date in "[0-9TZ]{0,20}",
+        ) {
+            let _ = parse_authorization(&authorization);
+            let request = http::Request::builder()
+                .method("POST")
+                .uri("/2015-03-31/functions")
+                .header("host", "127.0.0.1:9001")
+                .header("x-amz-date", date)
+                .header("authorization", authorization)
+                .body(())
+                .unwrap();
+            let parts = request.into_parts().0;
+            proptest::prop_assert!(check(&keys(), &parts, &Bytes::new(), SystemTime::now()).is_err());
+        }
+    }
+
     #[test]
     fn access_keys_parse_lines_and_commas() {
         let keys = AccessKeys::parse("a:1, b:2\n\n# c:3\nd:4:with:colons").unwrap();

@@ -100,3 +100,50 @@ mod tests {
         assert!(keeps(&either, &record), "any pattern may match");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// JSON values up to a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<f64>().prop_map(|n| json!(n)),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    "(body|prefix|suffix|exists|anything-but|numeric|[a-z]{1,4})",
+                    inner,
+                    0..4
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_pattern_text_against_any_record_never_panics(
+            pattern in "\\PC{0,120}",
+            record in json_value(),
+        ) {
+            let _ = keeps(&[pattern], &record);
+        }
+
+        #[test]
+        fn any_pattern_value_against_any_record_never_panics(
+            pattern in json_value(),
+            record in json_value(),
+        ) {
+            let _ = keeps(&[pattern.to_string()], &record);
+        }
+    }
+}

@@ -565,6 +565,22 @@ mod tests {
         ids
     }
 
+    proptest::proptest! {
+        /// Whatever a function answers, the parser decides without panicking, and only ever
+        /// names messages of the batch.
+        #[test]
+        fn any_answer_to_a_batch_is_parsed_without_panicking(
+            answer in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            text in "\\PC{0,160}",
+        ) {
+            let batch = batch(&[("a", ""), ("b", "")]);
+            for payload in [answer.as_slice(), text.as_bytes()] {
+                let failed = batch_item_failures(payload, &batch);
+                proptest::prop_assert!(failed.iter().all(|id| id == "a" || id == "b"));
+            }
+        }
+    }
+
     #[test]
     fn batch_item_failures_follow_lambdas_strict_rules() {
         let batch = batch(&[("a", ""), ("b", "")]);

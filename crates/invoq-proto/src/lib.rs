@@ -123,3 +123,27 @@ pub mod bearer {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use crate::v1;
+
+    proptest! {
+        /// What arrives off the wire may be anything: decoding fails cleanly, never panics.
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = v1::InvokeRequest::decode(bytes.as_slice());
+            let _ = v1::PutCodeRequest::decode(bytes.as_slice());
+            let _ = v1::EnqueueRequest::decode(bytes.as_slice());
+            let _ = v1::SettleAndEnqueueRequest::decode(bytes.as_slice());
+            let _ = v1::LeaseResponse::decode(bytes.as_slice());
+            let _ = v1::PeekRequest::decode(bytes.as_slice());
+            let _ = v1::InvokeEventRequest::decode(bytes.as_slice());
+            let _ = v1::ResolveFunctionResponse::decode(bytes.as_slice());
+            let _ = v1::Mappings::decode(bytes.as_slice());
+        }
+    }
+}
