@@ -17,6 +17,24 @@ use crate::{EventQueue, Lease};
 /// How long to wait before trying a failed extension again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// Runs `work` while a heartbeat keeps `lease`; the renewed lease and the work's result, or
+/// `None` if the lease was lost first (the work is then dropped unfinished, and whatever it
+/// did must not be settled).
+pub async fn while_leased<T>(
+    queue: Arc<dyn EventQueue>,
+    lease: Lease,
+    visibility: Duration,
+    work: impl Future<Output = T>,
+) -> Option<(Lease, T)> {
+    let heartbeat = Heartbeat::start(queue, lease, visibility);
+    let done = tokio::select! {
+        done = work => Some(done),
+        () = heartbeat.lost() => None,
+    };
+    let lease = heartbeat.stop().await?;
+    Some((lease, done?))
+}
+
 /// A lease kept alive in the background until [`stop`](Heartbeat::stop).
 pub struct Heartbeat {
     /// The newest lease; `None` once it was lost.

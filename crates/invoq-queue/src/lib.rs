@@ -28,7 +28,7 @@ use bytes::Bytes;
 
 pub use consumer::consume;
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
-pub use heartbeat::Heartbeat;
+pub use heartbeat::{Heartbeat, while_leased};
 pub use sqs::{SqsQueue, SqsQueueOptions};
 
 /// The queue the frontend fills with accepted Event invocations.

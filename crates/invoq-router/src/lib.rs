@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_adapters::{Delivery, DeliveryKind, Destination};
 use invoq_domain::asynchronous::Outcome;
-use invoq_queue::{DELIVERIES, EventQueue, Heartbeat, Lease, PARKED, QueueItem};
+use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem, while_leased};
 
-/// How long a lease lasts; a [`Heartbeat`] renews it while a round of deliveries runs. It is
+/// How long a lease lasts; a heartbeat ([`while_leased`]) renews it while a round of deliveries runs. It is
 /// about how long a crashed router's outcomes wait before another router takes them.
 const LEASE: Duration = Duration::from_secs(10);
 /// How long one call to a destination may take before it counts as failed (and is retried
@@ -172,25 +172,21 @@ impl Router {
     /// that holds the outcome now delivers it (with the same deduplication ids).
     async fn deliver(&self, lease: Lease) {
         let id = lease.item.id.clone();
-        let heartbeat = Heartbeat::start(self.queue.clone(), lease.clone(), LEASE);
-        let ending = tokio::select! {
-            ending = self.round(&lease) => Some(ending),
-            () = heartbeat.lost() => None,
-        };
-        let Some(lease) = heartbeat.stop().await else {
+        let round = self.round(&lease);
+        let kept = while_leased(self.queue.clone(), lease.clone(), LEASE, round).await;
+        let Some((lease, ending)) = kept else {
             tracing::warn!(%id, "lease lost during a delivery round; it is not settled here");
             return;
         };
         match ending {
-            Some(RoundEnd::Delivered) => {
+            RoundEnd::Delivered => {
                 if let Err(error) = self.queue.ack(&lease).await {
                     tracing::warn!(%error, request_id = %id, "delivered, but the ack failed; it will be delivered again");
                 }
             }
-            Some(RoundEnd::Requeue { queue, body, delay }) => {
+            RoundEnd::Requeue { queue, body, delay } => {
                 self.settle(&lease, queue, body, delay).await;
             }
-            None => {}
         }
     }
 

@@ -24,13 +24,13 @@ use invoq_domain::asynchronous::{
     AsyncSettings, Condition, InvocationRecord, Outcome, QueuedInvocation, RequestContext,
     ResponseContext,
 };
-use invoq_queue::{DELIVERIES, EventQueue, Heartbeat, INVOCATIONS, Lease, QueueItem};
+use invoq_queue::{DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueItem, while_leased};
 use invoq_runtime::{FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService};
 use serde_json::Value;
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
-/// How long a lease lasts; a [`Heartbeat`] renews it every third of that while the attempt
+/// How long a lease lasts; a heartbeat ([`while_leased`]) renews it every third of that while the attempt
 /// runs, however long that is. It is also about how long a crashed worker's events wait
 /// before another worker takes them, so it stays short.
 const LEASE: Duration = Duration::from_secs(10);
@@ -214,17 +214,10 @@ impl Worker {
     /// the lease is lost the attempt is abandoned and nothing is settled: whoever holds the
     /// event now runs it.
     async fn process(&self, lease: Lease) {
-        let id = lease.item.id.clone();
-        let heartbeat = Heartbeat::start(self.queue.clone(), lease.clone(), LEASE);
-        let settlement = tokio::select! {
-            settlement = self.attempt(&lease) => Some(settlement),
-            () = heartbeat.lost() => None,
-        };
-        let Some(lease) = heartbeat.stop().await else {
-            tracing::warn!(%id, "lease lost during the attempt; its result is discarded");
-            return;
-        };
-        let Some(settlement) = settlement else {
+        let attempt = self.attempt(&lease);
+        let kept = while_leased(self.queue.clone(), lease.clone(), LEASE, attempt).await;
+        let Some((lease, settlement)) = kept else {
+            tracing::warn!(id = %lease.item.id, "lease lost during the attempt; its result is discarded");
             return;
         };
         match settlement {
