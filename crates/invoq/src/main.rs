@@ -694,14 +694,22 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let client = reqwest::Client::new();
             let base = endpoint_url.trim_end_matches('/');
-            let response = match action {
-                ParkedAction::List => client
-                    .get(format!("{base}/invoq/queues/parked?MaxItems=10000"))
-                    .send(),
-                ParkedAction::Redrive => client.post(format!("{base}/invoq/parked/redrive")).send(),
-            }
-            .await
-            .with_context(|| format!("cannot reach invoq at {base}"))?;
+            let request = match action {
+                ParkedAction::List => {
+                    client.get(format!("{base}/invoq/queues/parked?MaxItems=10000"))
+                }
+                ParkedAction::Redrive => client.post(format!("{base}/invoq/parked/redrive")),
+            };
+            // Signed with the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, so it works
+            // against an invoq that authenticates (and is ignored by one that does not).
+            let mut request = request.build()?;
+            invoq_bench::sign::Signer::from_env()
+                .sign(&mut request)
+                .context("cannot sign the request")?;
+            let response = client
+                .execute(request)
+                .await
+                .with_context(|| format!("cannot reach invoq at {base}"))?;
             let status = response.status();
             let body = response.text().await?;
             println!("{body}");

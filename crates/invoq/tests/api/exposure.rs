@@ -160,6 +160,17 @@ async fn sigv4_signed_requests_pass_and_others_get_awss_errors() {
             .unwrap()
             .is_resource_not_found_exception()
     );
+    // The CLI's admin commands sign with the usual AWS environment.
+    let parked = |secret: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_invoq"))
+            .args(["parked", "list", "--endpoint-url", &invoq.http_url()])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .unwrap()
+    };
+    assert!(parked("test").status.success(), "{:?}", parked("test"));
+    assert!(!parked("wrong").status.success());
     // Metrics stay open for scrapers.
     let metrics = http
         .get(format!("{}/metrics", invoq.http_url()))
