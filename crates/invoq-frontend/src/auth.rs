@@ -19,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use invoq_domain::{ApiError, ErrorCode};
+use invoq_proto::bearer::constant_time_eq;
 
 use crate::http::ErrorResponse;
 
@@ -251,10 +252,6 @@ fn signature_of(
     let request =
         SignableRequest::new(method, uri, headers.into_iter(), SignableBody::Bytes(body)).ok()?;
     Some(sign(request, &params).ok()?.signature().to_owned())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `20261203T134501Z`.

@@ -180,7 +180,10 @@ impl FunctionStore {
         change(&mut updated)?;
         self.persist(&updated)?;
         let previous = functions.insert(name.to_owned(), Arc::new(updated.clone()));
-        if let Some(previous) = previous {
+        // Only a code change can leave the previous package unreferenced.
+        if let Some(previous) = previous
+            && previous.code.sha256_hex != updated.code.sha256_hex
+        {
             self.remove_unreferenced_code(&functions, &previous.code.sha256_hex);
         }
         Ok(Some(updated))
@@ -211,11 +214,14 @@ impl FunctionStore {
         let referenced = functions
             .values()
             .any(|record| record.code.sha256_hex == sha256_hex);
+        if referenced {
+            return;
+        }
         let path = self.code_path(sha256_hex);
         let just_stored = std::fs::metadata(&path)
             .and_then(|metadata| metadata.modified())
             .is_ok_and(|modified| modified.elapsed().unwrap_or_default() < JUST_STORED);
-        if !referenced && !just_stored {
+        if !just_stored {
             let _ = std::fs::remove_file(path);
         }
     }

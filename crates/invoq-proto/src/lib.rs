@@ -78,6 +78,12 @@ pub mod bearer {
         }
     }
 
+    /// Whether two secrets are equal, in time that does not depend on where they differ
+    /// (every check of a secret uses it: this token, SigV4 signatures).
+    pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     /// Client side: adds the token, when there is one, to every request.
     #[derive(Clone, Debug, Default)]
     pub struct AddToken(pub Option<GrpcToken>);
@@ -105,15 +111,7 @@ pub mod bearer {
                 .get(HEADER)
                 .map(|value| value.as_bytes())
                 .unwrap_or_default();
-            let wanted = expected.0.as_bytes();
-            // Constant time: the comparison does not stop at the first wrong byte.
-            let same = sent.len() == wanted.len()
-                && sent
-                    .iter()
-                    .zip(wanted)
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            if same {
+            if constant_time_eq(sent, expected.0.as_bytes()) {
                 Ok(request)
             } else {
                 Err(Status::unauthenticated(

@@ -291,8 +291,13 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // kill_on_drop only reaches the child itself, not what the bootstrap started.
-        self.kill_tree();
+        // kill_on_drop only reaches the child itself, not what the bootstrap started; the
+        // cgroup, dropped with the sandbox, kills its own members.
+        if !self.namespaces
+            && let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok())
+        {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 

@@ -337,7 +337,7 @@ struct RuntimeAddr {
 
 impl RuntimeAddr {
     fn connect(&self) -> anyhow::Result<Arc<dyn RuntimeService>> {
-        let client = RuntimeGrpcClient::connect_lazy(&self.runtime_addr, grpc_token()?)
+        let client = RuntimeGrpcClient::connect_lazy(&self.runtime_addr, grpc_token())
             .with_context(|| format!("runtime address {}", self.runtime_addr))?;
         Ok(Arc::new(client))
     }
@@ -356,7 +356,7 @@ struct RegistryAddr {
 
 impl RegistryAddr {
     fn connect(&self) -> anyhow::Result<RegistryGrpcClient> {
-        RegistryGrpcClient::connect_lazy(&self.registry_addr, grpc_token()?)
+        RegistryGrpcClient::connect_lazy(&self.registry_addr, grpc_token())
             .with_context(|| format!("registry address {}", self.registry_addr))
     }
 }
@@ -419,7 +419,7 @@ impl QueueArgs {
         match self.queue {
             QueueBackend::Sqs => self.sqs(aws),
             QueueBackend::Embedded | QueueBackend::Memory => {
-                let client = QueueGrpcClient::connect_lazy(&self.queue_addr, grpc_token()?)
+                let client = QueueGrpcClient::connect_lazy(&self.queue_addr, grpc_token())
                     .with_context(|| format!("queue address {}", self.queue_addr))?;
                 Ok(Arc::new(client))
             }
@@ -864,7 +864,7 @@ impl GrpcServices {
                 .await;
         }
         // Every service but health requires the token, when there is one.
-        let require = RequireToken(grpc_token()?);
+        let require = RequireToken(grpc_token());
         let runtime = self.runtime.map(RuntimeGrpcServer::new);
         let queue = self.queue.map(QueueGrpcServer::new);
         let registry = self.registry.map(RegistryGrpcServer::new);
@@ -912,15 +912,15 @@ async fn report_queue_health(
 }
 
 /// The gRPC token of this process, if one is configured.
-fn grpc_token() -> anyhow::Result<Option<GrpcToken>> {
-    Ok(GRPC_TOKEN.get().cloned().flatten())
+fn grpc_token() -> Option<GrpcToken> {
+    GRPC_TOKEN.get().cloned().flatten()
 }
 
 /// A runtime, queue or registry service reachable off loopback runs code or holds events
 /// for anyone who calls it: refuse to serve one there without the token.
 fn ensure_grpc_exposure(addr: SocketAddr) -> anyhow::Result<()> {
     anyhow::ensure!(
-        addr.ip().is_loopback() || grpc_token()?.is_some(),
+        addr.ip().is_loopback() || grpc_token().is_some(),
         "gRPC services on {addr} (not a loopback address) need a shared token: set \
          INVOQ_GRPC_TOKEN or INVOQ_GRPC_TOKEN_FILE, the same for every invoq service"
     );

@@ -2,7 +2,7 @@
 
 use aws_sdk_lambda::types::{DeadLetterConfig, DestinationConfig, OnFailure};
 
-use crate::harness::{Invoq, create_builtin, data_dir};
+use crate::harness::{Invoq, client_signing_as, create_builtin, data_dir, status_and_type};
 
 const TRAVERSALS: [&str; 3] = [
     "arn:aws:sqs:us-east-1:000000000000:../../../../tmp/invoq-traversal",
@@ -57,31 +57,6 @@ async fn destination_and_dead_letter_arns_never_reach_outside_the_data_dir() {
     assert!(!std::path::Path::new("/tmp/invoq-traversal.jsonl").exists());
 }
 
-fn client_with(invoq: &Invoq, access_key_id: &str, secret: &str) -> aws_sdk_lambda::Client {
-    use aws_sdk_lambda::config::{BehaviorVersion, Credentials, Region};
-    let config = aws_sdk_lambda::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(invoq.http_url())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(access_key_id, secret, None, None, "test"))
-        .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
-        .build();
-    aws_sdk_lambda::Client::from_conf(config)
-}
-
-/// The HTTP status and `x-amzn-ErrorType` an SDK call failed with.
-fn status_and_type<E>(
-    error: &aws_sdk_lambda::error::SdkError<E, aws_sdk_lambda::config::http::HttpResponse>,
-) -> (Option<u16>, Option<String>) {
-    let response = error.raw_response();
-    (
-        response.map(|response| response.status().as_u16()),
-        response
-            .and_then(|response| response.headers().get("x-amzn-errortype"))
-            .map(str::to_owned),
-    )
-}
-
 #[tokio::test]
 async fn sigv4_signed_requests_pass_and_others_get_awss_errors() {
     use aws_sdk_lambda::primitives::Blob;
@@ -105,7 +80,7 @@ async fn sigv4_signed_requests_pass_and_others_get_awss_errors() {
         .await
         .expect("a signed invoke");
     assert_eq!(output.payload().unwrap().as_ref(), br#"{"signed":true}"#);
-    let other = client_with(&invoq, "AKIDOTHER", "other-secret");
+    let other = client_signing_as(&invoq.http_url(), "AKIDOTHER", "other-secret");
     other
         .get_function()
         .function_name("signed")
@@ -113,7 +88,7 @@ async fn sigv4_signed_requests_pass_and_others_get_awss_errors() {
         .await
         .expect("second key");
 
-    let wrong_secret = client_with(&invoq, "test", "not-the-secret");
+    let wrong_secret = client_signing_as(&invoq.http_url(), "test", "not-the-secret");
     let error = wrong_secret
         .get_function()
         .function_name("signed")
@@ -124,7 +99,7 @@ async fn sigv4_signed_requests_pass_and_others_get_awss_errors() {
         status_and_type(&error),
         (Some(403), Some("InvalidSignatureException".to_owned()))
     );
-    let unknown = client_with(&invoq, "AKIDUNKNOWN", "x");
+    let unknown = client_signing_as(&invoq.http_url(), "AKIDUNKNOWN", "x");
     let error = unknown
         .list_functions()
         .send()

@@ -153,14 +153,38 @@ impl Drop for Invoq {
 /// The official SDK client, with test credentials, pointed at `endpoint`. Retries are off so
 /// that a 429 reaches the test as it was sent.
 pub(crate) fn client(endpoint: &str) -> Client {
+    client_signing_as(endpoint, "test", "test")
+}
+
+/// The same client, signing with another access key.
+pub(crate) fn client_signing_as(endpoint: &str, access_key_id: &str, secret: &str) -> Client {
     let config = aws_sdk_lambda::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "invoq-tests"))
+        .credentials_provider(Credentials::new(
+            access_key_id,
+            secret,
+            None,
+            None,
+            "invoq-tests",
+        ))
         .retry_config(RetryConfig::disabled())
         .build();
     Client::from_conf(config)
+}
+
+/// The HTTP status and `x-amzn-ErrorType` an SDK call failed with.
+pub(crate) fn status_and_type<E>(
+    error: &aws_sdk_lambda::error::SdkError<E, aws_sdk_lambda::config::http::HttpResponse>,
+) -> (Option<u16>, Option<String>) {
+    let response = error.raw_response();
+    (
+        response.map(|response| response.status().as_u16()),
+        response
+            .and_then(|response| response.headers().get("x-amzn-errortype"))
+            .map(str::to_owned),
+    )
 }
 
 /// A zip holding `bootstrap` (mode 755) with these contents.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 
-use crate::harness::{Invoq, create_builtin};
+use crate::harness::{Invoq, create_builtin, status_and_type};
 
 /// A small tmpfs mounted for the test, unmounted when dropped.
 struct SmallDisk {
@@ -60,17 +60,10 @@ async fn event(client: &aws_sdk_lambda::Client, n: u32) -> Result<u16, (u16, Str
         .await
     {
         Ok(output) => Ok(output.status_code() as u16),
-        Err(error) => Err((
-            error
-                .raw_response()
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0),
-            error
-                .raw_response()
-                .and_then(|r| r.headers().get("x-amzn-errortype"))
-                .unwrap_or_default()
-                .to_owned(),
-        )),
+        Err(error) => {
+            let (status, kind) = status_and_type(&error);
+            Err((status.unwrap_or(0), kind.unwrap_or_default()))
+        }
     }
 }
 
