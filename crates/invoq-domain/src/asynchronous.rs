@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::recursion::RecursiveLoop;
 
 pub const DEFAULT_MAXIMUM_RETRY_ATTEMPTS: u32 = 2;
 pub const MAX_MAXIMUM_RETRY_ATTEMPTS: u32 = 2;
@@ -35,6 +37,7 @@ pub struct AsyncSettings {
     pub maximum_retry_attempts: u32,
     pub maximum_event_age: Duration,
     pub destinations: Destinations,
+    pub recursive_loop: RecursiveLoop,
 }
 
 /// Where the outcome of an event goes.
@@ -47,7 +50,11 @@ pub struct Destinations {
 }
 
 impl AsyncSettings {
-    pub fn new(config: Option<EventInvokeConfig>, dead_letter: Option<String>) -> Self {
+    pub fn new(
+        config: Option<EventInvokeConfig>,
+        dead_letter: Option<String>,
+        recursive_loop: RecursiveLoop,
+    ) -> Self {
         let config = config.unwrap_or_default();
         AsyncSettings {
             maximum_retry_attempts: config
@@ -63,6 +70,7 @@ impl AsyncSettings {
                 on_failure: config.on_failure,
                 dead_letter,
             },
+            recursive_loop,
         }
     }
 }
@@ -77,15 +85,67 @@ pub struct QueuedInvocation {
     pub qualifier: String,
     /// The ARN the caller used, for `Lambda-Runtime-Invoked-Function-Arn`.
     pub invoked_function_arn: String,
-    /// The event, JSON text.
-    pub payload: String,
+    /// The event, as the caller sent it.
+    pub payload: JsonText,
     /// When the 202 was sent, in milliseconds since the Unix epoch: event age counts from here.
     pub accepted_at_ms: u64,
     /// Attempts that ran the function (Lambda's `approximateInvokeCount`).
     pub attempts: u32,
     /// Consecutive throttles or system errors, which back off without using up retries.
     pub throttles: u32,
+    /// Invocations of the same chain of events that came before this one (the count Lambda
+    /// keeps in the trace header's lineage): what recursive loop detection counts.
+    #[serde(default)]
+    pub chain_depth: u32,
 }
+
+/// A JSON document kept as the text it arrived as: never parsed into values, never escaped
+/// into a string. Events and responses travel through queues and invocation records this
+/// way, so a 1 MB event is about 1 MB in every queue, and a dead-letter message carries the
+/// caller's own text (only whitespace around the document is not kept).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl JsonText {
+    /// The document in `bytes`, which must be one JSON value.
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let text = std::str::from_utf8(bytes).map_err(serde::de::Error::custom)?;
+        RawValue::from_string(text.to_owned()).map(JsonText)
+    }
+
+    /// `bytes` as they are if they are JSON, otherwise as a JSON string of their text: how
+    /// a function's response appears in a record (a function may answer anything).
+    pub fn or_string(bytes: &[u8]) -> Self {
+        JsonText::parse(bytes)
+            .unwrap_or_else(|_| JsonText::from_value(&String::from_utf8_lossy(bytes)))
+    }
+
+    /// The JSON text of any serialisable value.
+    pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Self {
+        JsonText(serde_json::value::to_raw_value(value).expect("values serialise"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for JsonText {}
 
 /// How an event ended (`requestContext.condition`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +154,10 @@ pub enum Condition {
     RetriesExhausted,
     EventAgeExceeded,
     ZeroReservedConcurrency,
+    /// Stopped by recursive loop detection before it ran (invoq's name; Lambda documents
+    /// that such events go to the dead-letter queue or OnFailure destination, not the
+    /// condition it writes).
+    RecursiveInvocationDetected,
 }
 
 impl Condition {
@@ -110,6 +174,10 @@ pub struct Outcome {
     pub destinations: Destinations,
     /// The function's error message, for the dead-letter queue's `ErrorMessage`.
     pub error_message: Option<String>,
+    /// The chain depth of the event (see [`crate::recursion`]): a function destination's
+    /// invoke is one deeper.
+    #[serde(default)]
+    pub chain_depth: u32,
     /// What the router has done with it so far.
     #[serde(default)]
     pub delivery: DeliveryProgress,
@@ -134,11 +202,35 @@ pub struct InvocationRecord {
     pub version: String,
     pub timestamp: String,
     pub request_context: RequestContext,
-    pub request_payload: Value,
+    /// The event; left out only where a destination cannot take a record that large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_payload: Option<JsonText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_context: Option<ResponseContext>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_payload: Option<Value>,
+    pub response_payload: Option<JsonText>,
+}
+
+impl InvocationRecord {
+    /// The record as JSON for a destination that takes at most `limit` bytes: whole if it
+    /// fits, else without the response payload, else without either payload, as Lambda
+    /// drops payloads from records too large for their destination. The condition, request
+    /// id and function always stay.
+    pub fn to_json_within(&self, limit: Option<usize>) -> String {
+        let json = serde_json::to_string(self).expect("records serialise");
+        let Some(limit) = limit else { return json };
+        if json.len() <= limit {
+            return json;
+        }
+        let mut trimmed = self.clone();
+        trimmed.response_payload = None;
+        let json = serde_json::to_string(&trimmed).expect("records serialise");
+        if json.len() <= limit {
+            return json;
+        }
+        trimmed.request_payload = None;
+        serde_json::to_string(&trimmed).expect("records serialise")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,13 +266,13 @@ mod tests {
                 condition: Condition::RetriesExhausted,
                 approximate_invoke_count: 3,
             },
-            request_payload: serde_json::json!({"a": 1}),
+            request_payload: Some(JsonText::parse(br#"{"a": 1}"#).unwrap()),
             response_context: Some(ResponseContext {
                 status_code: 200,
                 executed_version: "$LATEST".into(),
                 function_error: Some("Unhandled".into()),
             }),
-            response_payload: Some(serde_json::json!({"errorMessage": "x"})),
+            response_payload: Some(JsonText::or_string(br#"{"errorMessage": "x"}"#)),
         };
         assert_eq!(
             serde_json::to_value(&record).unwrap(),
@@ -198,5 +290,66 @@ mod tests {
                 "responsePayload": {"errorMessage": "x"}
             })
         );
+    }
+
+    #[test]
+    fn a_queued_event_carries_the_payload_text_unescaped() {
+        let payload = br#"{"quotes": "\"\"\"\"", "spaced" :  [1, 2]}"#;
+        let event = QueuedInvocation {
+            request_id: "id".into(),
+            function_name: "f".into(),
+            qualifier: "$LATEST".into(),
+            invoked_function_arn: "arn".into(),
+            payload: JsonText::parse(payload).unwrap(),
+            accepted_at_ms: 1,
+            attempts: 0,
+            throttles: 0,
+            chain_depth: 0,
+        };
+        let encoded = serde_json::to_vec(&event).unwrap();
+        let text = String::from_utf8(encoded.clone()).unwrap();
+        assert!(
+            text.contains(std::str::from_utf8(payload).unwrap()),
+            "{text}"
+        );
+        assert!(encoded.len() < payload.len() + 200);
+        let decoded: QueuedInvocation = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(decoded.payload.as_str().as_bytes(), payload);
+    }
+
+    #[test]
+    fn payloads_that_are_not_json_are_refused_or_kept_as_strings() {
+        assert!(JsonText::parse(b"{").is_err());
+        assert!(JsonText::parse(b"\xff").is_err());
+        assert_eq!(
+            JsonText::or_string(b"plain text").as_str(),
+            r#""plain text""#
+        );
+        assert_eq!(JsonText::or_string(b"[1]").as_str(), "[1]");
+    }
+
+    #[test]
+    fn a_record_too_large_for_its_destination_loses_its_payloads_not_its_condition() {
+        let record = InvocationRecord {
+            version: "1.0".into(),
+            timestamp: "t".into(),
+            request_context: RequestContext {
+                request_id: "id".into(),
+                function_arn: "arn".into(),
+                condition: Condition::RetriesExhausted,
+                approximate_invoke_count: 1,
+            },
+            request_payload: Some(JsonText::from_value(&"r".repeat(1000))),
+            response_context: None,
+            response_payload: Some(JsonText::from_value(&"s".repeat(1000))),
+        };
+        let whole = record.to_json_within(None);
+        assert!(whole.len() > 2000);
+        assert_eq!(record.to_json_within(Some(whole.len())), whole);
+        let without_response = record.to_json_within(Some(1500));
+        assert!(without_response.contains("requestPayload"));
+        assert!(!without_response.contains("responsePayload"));
+        let bare = record.to_json_within(Some(100));
+        assert!(!bare.contains("requestPayload") && bare.contains("RetriesExhausted"));
     }
 }

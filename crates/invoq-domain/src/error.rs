@@ -12,6 +12,10 @@ pub enum ErrorCode {
     InvalidRequestContent,
     /// The model calls it RequestTooLargeException; AWS sends this name on the wire.
     RequestEntityTooLarge,
+    /// An Event payload under the limit that is too large once stored with its metadata.
+    SerializedRequestEntityTooLarge,
+    /// Stopped by recursive loop detection.
+    RecursiveInvocation,
     TooManyRequests,
     Validation,
     PreconditionFailed,
@@ -39,6 +43,10 @@ impl ErrorCode {
             ErrorCode::InvalidParameterValue => "InvalidParameterValueException",
             ErrorCode::InvalidRequestContent => "InvalidRequestContentException",
             ErrorCode::RequestEntityTooLarge => "RequestEntityTooLargeException",
+            ErrorCode::SerializedRequestEntityTooLarge => {
+                "SerializedRequestEntityTooLargeException"
+            }
+            ErrorCode::RecursiveInvocation => "RecursiveInvocationException",
             ErrorCode::TooManyRequests => "TooManyRequestsException",
             ErrorCode::Validation => "ValidationException",
             ErrorCode::PreconditionFailed => "PreconditionFailedException",
@@ -58,13 +66,14 @@ impl ErrorCode {
             ErrorCode::ResourceConflict => 409,
             ErrorCode::InvalidParameterValue
             | ErrorCode::InvalidRequestContent
+            | ErrorCode::RecursiveInvocation
             | ErrorCode::Validation => 400,
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::MissingAuthenticationToken
             | ErrorCode::IncompleteSignature
             | ErrorCode::UnrecognizedClient
             | ErrorCode::InvalidSignature => 403,
-            ErrorCode::RequestEntityTooLarge => 413,
+            ErrorCode::RequestEntityTooLarge | ErrorCode::SerializedRequestEntityTooLarge => 413,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Service => 500,
             ErrorCode::ServiceUnavailable => 503,
@@ -79,6 +88,7 @@ impl ErrorCode {
             ErrorCode::ResourceNotFound
             | ErrorCode::Service
             | ErrorCode::ServiceUnavailable
+            | ErrorCode::RecursiveInvocation
             | ErrorCode::InvalidZipFile => "Message",
             _ => "message",
         }

@@ -11,6 +11,7 @@ mod error;
 pub mod event_source;
 mod function_ref;
 pub mod limits;
+pub mod recursion;
 
 pub use arn::Arn;
 pub use error::{ApiError, ErrorCode};

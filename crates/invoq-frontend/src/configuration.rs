@@ -320,6 +320,7 @@ pub(crate) fn new_record(name: &str, code: CodeRef) -> FunctionRecord {
         last_update_status: None,
         reserved_concurrency: None,
         event_invoke_configs: BTreeMap::new(),
+        recursive_loop: Default::default(),
     }
 }
 

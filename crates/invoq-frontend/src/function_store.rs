@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use invoq_domain::ApiError;
 use invoq_domain::asynchronous::EventInvokeConfig;
+use invoq_domain::recursion::RecursiveLoop;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -61,6 +62,9 @@ pub(crate) struct FunctionRecord {
     /// Event invoke configs by qualifier.
     #[serde(default)]
     pub(crate) event_invoke_configs: BTreeMap<String, EventInvokeConfig>,
+    /// `PutFunctionRecursionConfig`'s setting.
+    #[serde(default)]
+    pub(crate) recursive_loop: RecursiveLoop,
 }
 
 /// A stored deployment package.

@@ -1,5 +1,6 @@
 //! Control-plane operations on functions (lambda-spec.md §7): Create, Get, GetConfiguration,
-//! List, UpdateConfiguration, UpdateCode, Delete, and Put/Get/Delete FunctionConcurrency.
+//! List, UpdateConfiguration, UpdateCode, Delete, Put/Get/Delete FunctionConcurrency and
+//! Put/Get FunctionRecursionConfig.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use invoq_domain::limits::{ACCOUNT_CONCURRENCY, MIN_UNRESERVED_CONCURRENCY};
+use invoq_domain::recursion::RecursiveLoop;
 use invoq_domain::{ApiError, FunctionRef, Qualifier};
 use invoq_runtime::BUILTIN_RUNTIME;
 use serde::Deserialize;
@@ -344,6 +346,55 @@ pub(crate) async fn delete_concurrency(
         })?
         .ok_or_else(|| frontend.not_found(&record.name, None))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GetFunctionRecursionConfig`: `GET /2024-08-31/functions/{FunctionName}/recursion-config`.
+pub(crate) async fn get_recursion_config(
+    State(frontend): State<Arc<Frontend>>,
+    Path(function_name): Path<String>,
+) -> ApiResult {
+    let record = frontend.find(&function_name, None)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "RecursiveLoop": record.recursive_loop.as_str() }),
+    ))
+}
+
+/// `PutFunctionRecursionConfig`: `PUT /2024-08-31/functions/{FunctionName}/recursion-config`
+/// with `{"RecursiveLoop": "Allow" | "Terminate"}`.
+pub(crate) async fn put_recursion_config(
+    State(frontend): State<Arc<Frontend>>,
+    Path(function_name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct PutRecursionConfigRequest {
+        recursive_loop: Option<String>,
+    }
+    let request: PutRecursionConfigRequest = parse_json_body(&body)?;
+    let value = request
+        .recursive_loop
+        .ok_or_else(|| missing("recursiveLoop"))?;
+    let recursive_loop = RecursiveLoop::parse(&value).ok_or_else(|| {
+        ApiError::validation(
+            &value,
+            "recursiveLoop",
+            "Member must satisfy enum value set: [Allow, Terminate]",
+        )
+    })?;
+    let record = frontend.find(&function_name, None)?;
+    frontend
+        .store
+        .update(&record.name, |record| {
+            record.recursive_loop = recursive_loop;
+            Ok(())
+        })?
+        .ok_or_else(|| frontend.not_found(&record.name, None))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "RecursiveLoop": recursive_loop.as_str() }),
+    ))
 }
 
 /// The deployment package behind GetFunction's `Code.Location`.

@@ -11,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use bytes::Bytes;
 use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig};
 use invoq_domain::event_source::EventSourceMapping;
+use invoq_domain::recursion::RecursiveLoop;
 use invoq_proto::v1 as pb;
 use invoq_proto::v1::registry_client::RegistryClient;
 use invoq_proto::v1::registry_server::{Registry, RegistryServer};
@@ -48,18 +49,20 @@ impl Registry for RegistryGrpcServer {
         request: Request<pb::ResolveFunctionRequest>,
     ) -> Result<Response<pb::ResolveFunctionResponse>, Status> {
         let request = request.into_inner();
-        let (spec, config, dead_letter_target_arn) = self
+        let found = self
             .frontend
             .async_configuration(&request.function_name, &request.qualifier)
             .ok_or_else(|| Status::not_found(format!("function {}", request.function_name)))?;
-        let event_invoke_config_json = config
+        let event_invoke_config_json = found
+            .event_invoke_config
             .map(|config| serde_json::to_string(&config))
             .transpose()
             .map_err(|error| Status::internal(error.to_string()))?;
         Ok(Response::new(pb::ResolveFunctionResponse {
-            function: Some(spec.into()),
+            function: Some(found.spec.into()),
             event_invoke_config_json,
-            dead_letter_target_arn,
+            dead_letter_target_arn: found.dead_letter_target_arn,
+            recursive_loop_allowed: found.recursive_loop == RecursiveLoop::Allow,
         }))
     }
 
@@ -81,6 +84,7 @@ impl Registry for RegistryGrpcServer {
                 &request.function_arn,
                 &request.event,
                 Some(&request.request_id),
+                request.chain_depth,
             )
             .await
             .map_err(Status::failed_precondition)?;
@@ -154,7 +158,12 @@ impl RegistryGrpcClient {
             .map(|json| serde_json::from_str(&json))
             .transpose()
             .map_err(|error| Status::internal(error.to_string()))?;
-        let settings = AsyncSettings::new(config, response.dead_letter_target_arn);
+        let recursive_loop = if response.recursive_loop_allowed {
+            RecursiveLoop::Allow
+        } else {
+            RecursiveLoop::Terminate
+        };
+        let settings = AsyncSettings::new(config, response.dead_letter_target_arn, recursive_loop);
         Ok(Some((spec, settings)))
     }
 
@@ -171,11 +180,13 @@ impl RegistryGrpcClient {
         function_arn: &str,
         event: &str,
         request_id: &str,
+        chain_depth: u32,
     ) -> Result<(), String> {
         let request = pb::InvokeEventRequest {
             function_arn: function_arn.to_owned(),
             event: event.to_owned(),
             request_id: request_id.to_owned(),
+            chain_depth,
         };
         self.client
             .clone()

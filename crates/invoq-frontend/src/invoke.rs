@@ -12,9 +12,10 @@ use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use invoq_domain::asynchronous::{
-    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, QueuedInvocation,
+    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, JsonText, QueuedInvocation,
 };
 use invoq_domain::limits::{CLIENT_CONTEXT_MAX_BYTES, SYNC_REQUEST_MAX_BYTES};
+use invoq_domain::recursion;
 use invoq_domain::{ApiError, ErrorCode, FunctionRef, LATEST, Qualifier};
 use invoq_queue::{INVOCATIONS, QueueError, QueueItem};
 use invoq_runtime::{Invocation, InvocationResult, RuntimeError};
@@ -80,8 +81,11 @@ impl Frontend {
         };
         let payload = read_payload(body, SYNC_REQUEST_MAX_BYTES, "InvokeFunction").await?;
         let client_context = client_context(headers)?;
+        let trace_header = header(headers, "x-amzn-trace-id");
+        let chain_depth = recursion::chain_depth(trace_header);
 
         if invocation_type == InvocationType::DryRun {
+            validate_json(&payload)?;
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         check_active(&record)?;
@@ -103,21 +107,39 @@ impl Frontend {
                 )
                 .into());
             }
-            self.accept_event(request_id, &record.name, invoked_function_arn, &payload)
-                .await?;
+            let event = parse_event(&payload)?;
+            self.accept_event(
+                request_id,
+                &record.name,
+                invoked_function_arn,
+                event,
+                chain_depth,
+            )
+            .await?;
             return Ok(StatusCode::ACCEPTED.into_response());
+        }
+        validate_json(&payload)?;
+        if record.recursive_loop.stops(chain_depth) {
+            Metrics::count(&self.metrics.recursive_invocations_dropped);
+            return Err(ApiError::new(
+                ErrorCode::RecursiveInvocation,
+                "Lambda has detected your function being invoked in a recursive loop with other \
+                 AWS resources and stopped your function's invocation.",
+            )
+            .into());
         }
         let invocation = Invocation {
             function: function_spec(&record, &self.location),
             request_id: request_id.to_owned(),
-            payload,
+            payload: empty_as_object(payload),
             invoked_function_arn,
             client_context,
             attempt: 1,
-            trace_id: headers
-                .get("x-amzn-trace-id")
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
+            trace_id: Some(recursion::trace_header(
+                trace_header,
+                request_id,
+                chain_depth,
+            )),
         };
         let result = self.run(invocation).await?;
         Ok(invoke_response(result, tail_log))
@@ -129,17 +151,20 @@ impl Frontend {
         request_id: &str,
         function_name: &str,
         invoked_function_arn: String,
-        payload: &[u8],
+        payload: JsonText,
+        chain_depth: u32,
     ) -> Result<(), ErrorResponse> {
+        let payload_bytes = payload.len();
         let event = QueuedInvocation {
             request_id: request_id.to_owned(),
             function_name: function_name.to_owned(),
             qualifier: LATEST.to_owned(),
             invoked_function_arn,
-            payload: String::from_utf8_lossy(payload).into_owned(),
+            payload,
             accepted_at_ms: now_ms(),
             attempts: 0,
             throttles: 0,
+            chain_depth,
         };
         let body = Bytes::from(serde_json::to_vec(&event).expect("queued invocations serialise"));
         let item = QueueItem {
@@ -155,6 +180,15 @@ impl Frontend {
                 Metrics::count(&self.metrics.throttles);
                 Err(ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded.").into())
             }
+            // The queue backend (SQS) cannot hold the event with its metadata.
+            Err(QueueError::TooLarge { size, limit }) => Err(ApiError::new(
+                ErrorCode::SerializedRequestEntityTooLarge,
+                format!(
+                    "{payload_bytes} byte payload is too large for the Event invocation type once \
+                     serialized ({size} bytes, limit {limit} bytes)"
+                ),
+            )
+            .into()),
             // Nothing was stored: the caller may retry (SDKs retry 5xx), never a 202.
             Err(error) => {
                 tracing::error!(%error, "cannot enqueue an event");
@@ -291,32 +325,49 @@ fn client_context(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(decoded))
 }
 
-/// The event: JSON, at most `limit` bytes for `operation`; an empty body is `{}`.
+/// The request body, at most `limit` bytes for `operation`.
 async fn read_payload(body: Body, limit: usize, operation: &str) -> Result<Bytes, ApiError> {
-    let payload = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             ErrorCode::RequestEntityTooLarge,
             format!("Request must be smaller than {limit} bytes for the {operation} operation"),
         )
-    })?;
-    validate_json(payload)
+    })
 }
 
-/// The event must be JSON; an empty body is `{}`.
-fn validate_json(payload: Bytes) -> Result<Bytes, ApiError> {
+/// A synchronous event must be JSON; an empty body means `{}`.
+fn validate_json(payload: &[u8]) -> Result<(), ApiError> {
     if payload.is_empty() {
-        return Ok(Bytes::from_static(b"{}"));
+        return Ok(());
     }
-    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequestContent,
-            format!(
-                "Could not parse request body into json: Could not parse payload into json: \
-                 {error}"
-            ),
-        ));
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+        .map(drop)
+        .map_err(not_json)
+}
+
+fn empty_as_object(payload: Bytes) -> Bytes {
+    if payload.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        payload
     }
-    Ok(payload)
+}
+
+/// An Event payload as it is queued: checked to be JSON in the same pass that keeps it.
+fn parse_event(payload: &[u8]) -> Result<JsonText, ApiError> {
+    if payload.is_empty() {
+        return Ok(JsonText::from_value(&serde_json::Map::new()));
+    }
+    JsonText::parse(payload).map_err(not_json)
+}
+
+fn not_json(error: serde_json::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidRequestContent,
+        format!(
+            "Could not parse request body into json: Could not parse payload into json: {error}"
+        ),
+    )
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -338,10 +389,11 @@ pub(crate) async fn invoke_async(
             .get(&function.name)
             .ok_or_else(|| frontend.not_found(&function.name, Some(LATEST)))?;
         let payload = read_payload(body, INVOKE_ASYNC_MAX_BYTES, "InvokeAsync").await?;
+        let event = parse_event(&payload)?;
         check_active(&record)?;
         let invoked_function_arn = frontend.location.function_arn(&record.name);
         frontend
-            .accept_event(&request_id, &record.name, invoked_function_arn, &payload)
+            .accept_event(&request_id, &record.name, invoked_function_arn, event, 0)
             .await?;
         Ok::<_, ErrorResponse>(
             (

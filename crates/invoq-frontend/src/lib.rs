@@ -29,7 +29,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
-use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig};
+use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig, JsonText};
+use invoq_domain::recursion::RecursiveLoop;
 use invoq_domain::{ApiError, FunctionRef, Location};
 use invoq_queue::EventQueue;
 use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
@@ -43,6 +44,16 @@ use crate::metrics::Metrics;
 const CONTROL_PLANE_BODY_LIMIT: usize = 70 * 1024 * 1024;
 
 /// The HTTP API's shared state.
+/// A function as the retry worker sees it: its spec and everything its async settings are
+/// made of.
+#[derive(Clone, Debug)]
+pub struct AsyncConfiguration {
+    pub spec: FunctionSpec,
+    pub event_invoke_config: Option<EventInvokeConfig>,
+    pub dead_letter_target_arn: Option<String>,
+    pub recursive_loop: RecursiveLoop,
+}
+
 pub struct Frontend {
     location: Location,
     store: FunctionStore,
@@ -116,6 +127,10 @@ impl Frontend {
             .route(
                 "/2019-09-30/functions/{function_name}/concurrency",
                 get(functions::get_concurrency),
+            )
+            .route(
+                "/2024-08-31/functions/{function_name}/recursion-config",
+                get(functions::get_recursion_config).put(functions::put_recursion_config),
             )
             .route(
                 "/2019-09-25/functions/{function_name}/event-invoke-config",
@@ -226,26 +241,32 @@ impl Frontend {
         function_name: &str,
         qualifier: &str,
     ) -> Option<(FunctionSpec, AsyncSettings)> {
-        let (spec, config, dead_letter) = self.async_configuration(function_name, qualifier)?;
-        Some((spec, AsyncSettings::new(config, dead_letter)))
+        let found = self.async_configuration(function_name, qualifier)?;
+        let settings = AsyncSettings::new(
+            found.event_invoke_config,
+            found.dead_letter_target_arn,
+            found.recursive_loop,
+        );
+        Some((found.spec, settings))
     }
 
-    /// What [`Frontend::async_target`] is made of: the function, its event invoke config and
-    /// its dead-letter target, as they travel to a worker in another process.
+    /// What [`Frontend::async_target`] is made of, as it travels to a worker in another
+    /// process.
     pub fn async_configuration(
         &self,
         function_name: &str,
         qualifier: &str,
-    ) -> Option<(FunctionSpec, Option<EventInvokeConfig>, Option<String>)> {
+    ) -> Option<AsyncConfiguration> {
         let record = self
             .store
             .get(function_name)
             .filter(|_| qualifier == invoq_domain::LATEST)?;
-        Some((
-            configuration::function_spec(&record, &self.location),
-            record.event_invoke_configs.get(qualifier).cloned(),
-            record.dead_letter_target_arn.clone(),
-        ))
+        Some(AsyncConfiguration {
+            spec: configuration::function_spec(&record, &self.location),
+            event_invoke_config: record.event_invoke_configs.get(qualifier).cloned(),
+            dead_letter_target_arn: record.dead_letter_target_arn.clone(),
+            recursive_loop: record.recursive_loop,
+        })
     }
 
     /// Adds another service's counters to `/metrics`.
@@ -258,12 +279,14 @@ impl Frontend {
 
     /// An asynchronous invoke of the function `function_arn` names, as a function
     /// destination receives its record; under `request_id` when given (the same for every
-    /// redelivery of one record), a new one otherwise.
+    /// redelivery of one record), a new one otherwise. `chain_depth` counts the invocations
+    /// of the event's chain before this one.
     pub async fn invoke_event(
         &self,
         function_arn: &str,
         event: &str,
         request_id: Option<&str>,
+        chain_depth: u32,
     ) -> Result<(), String> {
         let function = FunctionRef::parse(function_arn, None).map_err(|error| error.message)?;
         let record = self
@@ -274,7 +297,8 @@ impl Frontend {
             .filter(|id| !id.is_empty())
             .map_or_else(invoq_domain::new_request_id, str::to_owned);
         let invoked_arn = self.location.function_arn(&record.name);
-        self.accept_event(&request_id, &record.name, invoked_arn, event.as_bytes())
+        let event = JsonText::parse(event.as_bytes()).map_err(|error| error.to_string())?;
+        self.accept_event(&request_id, &record.name, invoked_arn, event, chain_depth)
             .await
             .map_err(|error| error.0.message)
     }

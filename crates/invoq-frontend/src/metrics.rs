@@ -17,6 +17,9 @@ pub(crate) struct Metrics {
     pub(crate) events_accepted: AtomicU64,
     /// Invocations refused with 429.
     pub(crate) throttles: AtomicU64,
+    /// Synchronous invocations refused by recursive loop detection (Event invocations stopped
+    /// by it are the worker's `RecursiveInvocationDetected` outcomes).
+    pub(crate) recursive_invocations_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -54,6 +57,12 @@ pub(crate) async fn render(State(frontend): State<Arc<Frontend>>) -> String {
         "invoq_throttles_total",
         "Invocations refused with 429.",
         &metrics.throttles,
+    );
+    counter(
+        &mut text,
+        "invoq_recursive_invocations_refused_total",
+        "Synchronous invocations refused by recursive loop detection (RecursiveInvocationException).",
+        &metrics.recursive_invocations_dropped,
     );
     for source in frontend
         .extra_metrics

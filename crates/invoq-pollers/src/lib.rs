@@ -28,7 +28,7 @@ use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    Condition, Destinations, InvocationRecord, Outcome, RequestContext, ResponseContext,
+    Condition, Destinations, InvocationRecord, JsonText, Outcome, RequestContext, ResponseContext,
 };
 use invoq_domain::event_source::{DEFAULT_SQS_MAXIMUM_RETRY_ATTEMPTS, EventSourceMapping};
 use invoq_frontend::EventSourceChecker;
@@ -298,21 +298,20 @@ impl Pollers {
                         .and_then(|count| count.parse().ok())
                         .unwrap_or(1),
                 },
-                request_payload: json!({ "Records": [record] }),
+                request_payload: Some(JsonText::from_value(&json!({ "Records": [record] }))),
                 response_context: response.map(|response| ResponseContext {
                     status_code: 200,
                     executed_version: response.executed_version.clone(),
                     function_error: response.function_error.clone(),
                 }),
-                response_payload: response.map(|response| {
-                    serde_json::from_slice(&response.payload).unwrap_or(Value::Null)
-                }),
+                response_payload: response.map(|response| JsonText::or_string(&response.payload)),
             },
             destinations: Destinations {
                 on_failure: mapping.on_failure.clone(),
                 ..Destinations::default()
             },
             error_message: None,
+            chain_depth: 0,
             delivery: Default::default(),
         };
         let body = Bytes::from(serde_json::to_vec(&outcome).expect("outcomes serialise"));

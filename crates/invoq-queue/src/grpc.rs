@@ -335,6 +335,9 @@ impl From<QueueError> for Status {
             QueueError::LeaseLost { receipt } => {
                 (Code::FailedPrecondition, "lease-lost", receipt.clone())
             }
+            QueueError::TooLarge { size, limit } => {
+                (Code::OutOfRange, "too-large", format!("{size} {limit}"))
+            }
             QueueError::Storage(message) => (Code::Internal, "storage", message.clone()),
         };
         tagged_status(code, kind, message)
@@ -354,6 +357,13 @@ impl From<Status> for QueueError {
                 }
             }
             Some("lease-lost") => QueueError::LeaseLost { receipt: message },
+            Some("too-large") => {
+                let mut numbers = message.split(' ').map(|n| n.parse().unwrap_or(0));
+                QueueError::TooLarge {
+                    size: numbers.next().unwrap_or(0),
+                    limit: numbers.next().unwrap_or(0),
+                }
+            }
             Some("storage") => QueueError::Storage(message),
             _ => QueueError::Storage(format!("queue call failed: {status}")),
         }

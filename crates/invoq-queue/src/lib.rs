@@ -29,7 +29,9 @@ use bytes::Bytes;
 pub use consumer::consume;
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 pub use heartbeat::{Heartbeat, while_leased};
-pub use sqs::{SqsQueue, SqsQueueOptions};
+pub use sqs::{
+    DEFAULT_MAX_MESSAGE_BYTES as SQS_DEFAULT_MAX_MESSAGE_BYTES, SqsQueue, SqsQueueOptions,
+};
 
 /// The queue the frontend fills with accepted Event invocations.
 pub const INVOCATIONS: &str = "invocations";
@@ -76,6 +78,9 @@ pub enum QueueError {
     /// The lease expired and the item was leased again, or the receipt is unknown.
     #[error("lease {receipt} is no longer held")]
     LeaseLost { receipt: String },
+    /// The item is larger than the backend can store as one message.
+    #[error("a message of {size} bytes is over the queue's limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
     #[error("queue storage failed: {0}")]
     Storage(String),
 }
@@ -84,7 +89,9 @@ pub enum QueueError {
 #[async_trait]
 pub trait EventQueue: Send + Sync + 'static {
     /// Appends an item, visible after `delay`. Refused with [`QueueError::Full`] past the
-    /// backend's depth limit: this is the admission point of new work.
+    /// backend's depth limit: this is the admission point of new work. Refused with
+    /// [`QueueError::TooLarge`] (here and in every method that stores an item) when the
+    /// backend cannot hold an item that size.
     async fn enqueue(
         &self,
         queue: &str,

@@ -62,9 +62,13 @@ const MAX_VISIBILITY_SECONDS: i32 = 12 * 60 * 60;
 const MAX_WAIT_SECONDS: u64 = 20;
 /// How long a lease is held while it is handed off: the send and the delete must fit.
 const HAND_OFF_GRACE_SECONDS: i32 = 30;
-/// SQS batch limits: entries per call and bytes per call.
+/// SQS batch limit: entries per call. The byte limit per call is the message size limit.
 const MAX_BATCH_ENTRIES: usize = 10;
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// SQS's message size limit unless told otherwise: the default of queues in LocalStack, moto
+/// and SQS before August 2025. SQS now accepts up to 1 MiB where a queue is set to it.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
+/// The largest `MaximumMessageSize` SQS accepts.
+const MAX_MESSAGE_BYTES_CEILING: usize = 1_048_576;
 /// Batch calls in flight per queue and operation.
 const FLUSHES_IN_FLIGHT: usize = 16;
 
@@ -76,6 +80,9 @@ pub struct SqsQueueOptions {
     pub max_depth: u64,
     /// How old the depth used for the limit may be.
     pub depth_refresh: Duration,
+    /// Largest message (body and attributes) sent, and the `MaximumMessageSize` of the
+    /// queues invoq creates; larger items are refused with [`QueueError::TooLarge`].
+    pub max_message_bytes: usize,
 }
 
 impl Default for SqsQueueOptions {
@@ -84,6 +91,7 @@ impl Default for SqsQueueOptions {
             prefix: "invoq-".into(),
             max_depth: 1_000_000,
             depth_refresh: Duration::from_secs(1),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -99,6 +107,7 @@ pub struct SqsQueue {
 struct SqsQueueHandle {
     name: String,
     url: String,
+    max_message_bytes: usize,
     sends: Batcher<Outgoing>,
     deletes: Batcher<String>,
     visibility_changes: Batcher<(String, i32)>,
@@ -112,6 +121,30 @@ struct Outgoing {
     item: QueueItem,
     visible_at_ms: Option<u64>,
     deduplication_id: String,
+    /// Whether the body goes as it is (SQS takes it as text) or base64-encoded.
+    as_text: bool,
+}
+
+impl Outgoing {
+    /// The size SQS counts against its limit: the body as sent and every attribute's name,
+    /// type and value.
+    fn size(&self) -> usize {
+        let attribute =
+            |name: &str, data_type: &str, value: usize| name.len() + data_type.len() + value;
+        let body = if self.as_text {
+            self.item.body.len()
+        } else {
+            self.item.body.len().div_ceil(3) * 4
+        };
+        let mut size = body + attribute(ID_ATTRIBUTE, "String", self.item.id.len());
+        if self.visible_at_ms.is_some() {
+            size += attribute(VISIBLE_AT_ATTRIBUTE, "Number", 20);
+        }
+        if !self.as_text {
+            size += attribute(ENCODING_ATTRIBUTE, "String", "base64".len());
+        }
+        size
+    }
 }
 
 impl SqsQueue {
@@ -122,6 +155,12 @@ impl SqsQueue {
             return Err(QueueError::Storage(format!(
                 "SQS queue prefix {:?} must be at most 40 letters, digits, hyphens or underscores",
                 options.prefix
+            )));
+        }
+        if !(1024..=MAX_MESSAGE_BYTES_CEILING).contains(&options.max_message_bytes) {
+            return Err(QueueError::Storage(format!(
+                "SQS message size limit {} must be from 1024 to {MAX_MESSAGE_BYTES_CEILING} bytes",
+                options.max_message_bytes
             )));
         }
         Ok(SqsQueue {
@@ -137,7 +176,12 @@ impl SqsQueue {
         }
         let name = format!("{}{queue}.fifo", self.options.prefix);
         let url = self.url_of(&name).await?;
-        let handle = Arc::new(SqsQueueHandle::new(self.client.clone(), name, url));
+        let handle = Arc::new(SqsQueueHandle::new(
+            self.client.clone(),
+            name,
+            url,
+            self.options.max_message_bytes,
+        ));
         Ok(self
             .queues
             .lock()
@@ -157,7 +201,12 @@ impl SqsQueue {
                     .is_some_and(|e| e.is_queue_does_not_exist()) => {}
             Err(error) => return Err(sdk_error(error)),
         }
+        let max_message_bytes = self.options.max_message_bytes.to_string();
         let attributes = [
+            (
+                QueueAttributeName::MaximumMessageSize,
+                max_message_bytes.as_str(),
+            ),
             (QueueAttributeName::FifoQueue, "true"),
             (QueueAttributeName::DeduplicationScope, "messageGroup"),
             (QueueAttributeName::FifoThroughputLimit, "perMessageGroupId"),
@@ -389,24 +438,24 @@ impl EventQueue for SqsQueue {
 }
 
 impl SqsQueueHandle {
-    fn new(client: Client, name: String, url: String) -> Self {
+    fn new(client: Client, name: String, url: String, max_message_bytes: usize) -> Self {
         let sends = {
             let (client, url) = (client.clone(), url.clone());
-            Batcher::start(move |batch: Vec<Outgoing>| {
+            Batcher::start(max_message_bytes, move |batch: Vec<Outgoing>| {
                 let (client, url) = (client.clone(), url.clone());
                 async move { send_batch(&client, &url, batch).await }
             })
         };
         let deletes = {
             let (client, url) = (client.clone(), url.clone());
-            Batcher::start(move |batch: Vec<String>| {
+            Batcher::start(max_message_bytes, move |batch: Vec<String>| {
                 let (client, url) = (client.clone(), url.clone());
                 async move { delete_batch(&client, &url, batch).await }
             })
         };
         let visibility_changes = {
             let (client, url) = (client, url.clone());
-            Batcher::start(move |batch: Vec<(String, i32)>| {
+            Batcher::start(max_message_bytes, move |batch: Vec<(String, i32)>| {
                 let (client, url) = (client.clone(), url.clone());
                 async move { change_visibility_batch(&client, &url, batch).await }
             })
@@ -414,6 +463,7 @@ impl SqsQueueHandle {
         SqsQueueHandle {
             name,
             url,
+            max_message_bytes,
             sends,
             deletes,
             visibility_changes,
@@ -429,17 +479,22 @@ impl SqsQueueHandle {
         deduplication_id: String,
     ) -> Result<(), QueueError> {
         let visible_at_ms = (!delay.is_zero()).then(|| now_ms() + delay.as_millis() as u64);
-        let size = item.body.len() + item.id.len();
-        self.sends
-            .submit(
-                Outgoing {
-                    item,
-                    visible_at_ms,
-                    deduplication_id,
-                },
+        let as_text =
+            std::str::from_utf8(&item.body).is_ok_and(|text| text.chars().all(sqs_allows));
+        let outgoing = Outgoing {
+            item,
+            visible_at_ms,
+            deduplication_id,
+            as_text,
+        };
+        let size = outgoing.size();
+        if size > self.max_message_bytes {
+            return Err(QueueError::TooLarge {
                 size,
-            )
-            .await
+                limit: self.max_message_bytes,
+            });
+        }
+        self.sends.submit(outgoing, size).await
     }
 
     async fn delete(&self, lease: &Lease) -> Result<(), QueueError> {
@@ -599,6 +654,7 @@ fn encode((index, outgoing): (usize, Outgoing)) -> SendMessageBatchRequestEntry 
         item,
         visible_at_ms,
         deduplication_id,
+        as_text,
     } = outgoing;
     let string = |value: String| {
         MessageAttributeValue::builder()
@@ -608,12 +664,9 @@ fn encode((index, outgoing): (usize, Outgoing)) -> SendMessageBatchRequestEntry 
             .expect("data type is set")
     };
     // SQS bodies are text; anything else travels base64-encoded.
-    let (body, encoded) = match std::str::from_utf8(&item.body) {
-        Ok(text) if text.chars().all(sqs_allows) => (text.to_owned(), false),
-        _ => (
-            base64::engine::general_purpose::STANDARD.encode(&item.body),
-            true,
-        ),
+    let body = match std::str::from_utf8(&item.body) {
+        Ok(text) if as_text => text.to_owned(),
+        _ => base64::engine::general_purpose::STANDARD.encode(&item.body),
     };
     let mut entry = SendMessageBatchRequestEntry::builder()
         .id(index.to_string())
@@ -631,7 +684,7 @@ fn encode((index, outgoing): (usize, Outgoing)) -> SendMessageBatchRequestEntry 
                 .expect("data type is set"),
         );
     }
-    if encoded {
+    if !as_text {
         entry = entry.message_attributes(ENCODING_ATTRIBUTE, string("base64".into()));
     }
     entry.build().expect("id and body are set")
@@ -751,13 +804,15 @@ struct Pending<T> {
 struct Collecting<T> {
     batch: Vec<Pending<T>>,
     bytes: usize,
+    max_bytes: usize,
 }
 
 impl<T> Collecting<T> {
-    fn new(first: Pending<T>) -> Self {
+    fn new(first: Pending<T>, max_bytes: usize) -> Self {
         Collecting {
             bytes: first.size,
             batch: vec![first],
+            max_bytes,
         }
     }
 
@@ -767,7 +822,7 @@ impl<T> Collecting<T> {
 
     /// Adds `next`, or gives it back when it would break the byte limit.
     fn push(&mut self, next: Pending<T>) -> Result<(), Pending<T>> {
-        if self.bytes + next.size > MAX_BATCH_BYTES {
+        if self.bytes + next.size > self.max_bytes {
             return Err(next);
         }
         self.bytes += next.size;
@@ -777,8 +832,9 @@ impl<T> Collecting<T> {
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    /// `flush` sends one batch and answers one result per entry, in order.
-    fn start<F, Fut>(flush: F) -> Self
+    /// `flush` sends one batch of at most `max_bytes` and answers one result per entry, in
+    /// order.
+    fn start<F, Fut>(max_bytes: usize, flush: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<(), QueueError>>> + Send + 'static,
@@ -800,7 +856,7 @@ impl<T: Send + 'static> Batcher<T> {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let mut collecting = Collecting::new(first);
+                let mut collecting = Collecting::new(first, max_bytes);
                 while !collecting.is_full() && carried.is_none() {
                     match incoming.try_recv() {
                         Ok(next) => carried = collecting.push(next).err(),
@@ -862,13 +918,16 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let batcher = {
             let sizes = sizes.clone();
-            Arc::new(Batcher::start(move |batch: Vec<u32>| {
-                sizes.lock().unwrap().push(batch.len());
-                async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    batch.iter().map(|_| Ok(())).collect()
-                }
-            }))
+            Arc::new(Batcher::start(
+                DEFAULT_MAX_MESSAGE_BYTES,
+                move |batch: Vec<u32>| {
+                    sizes.lock().unwrap().push(batch.len());
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        batch.iter().map(|_| Ok(())).collect()
+                    }
+                },
+            ))
         };
         let lone = tokio::spawn({
             let batcher = batcher.clone();

@@ -129,6 +129,7 @@ async fn sqs_backend(max_depth: u64) -> Backend {
         prefix: format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         max_depth,
         depth_refresh: Duration::ZERO,
+        ..SqsQueueOptions::default()
     };
     Backend {
         name: "sqs",
@@ -354,6 +355,51 @@ async fn the_grpc_queue_refuses_calls_without_the_token() {
         1,
         "only the right token got in"
     );
+}
+
+/// A message SQS would refuse is refused before it is sent, with the sizes, so the frontend
+/// can answer 413 and the worker can trim an outcome; one just under the limit (in a queue
+/// invoq created with that MaximumMessageSize) goes through byte for byte.
+#[tokio::test]
+async fn sqs_refuses_items_over_its_message_size_before_sending() {
+    let stand_in = tokio::task::spawn_blocking(AwsStandIn::start)
+        .await
+        .unwrap();
+    let client = aws_sdk_sqs::Client::new(&stand_in.sdk_config().await);
+    let options = SqsQueueOptions {
+        prefix: format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        max_message_bytes: 4096,
+        ..SqsQueueOptions::default()
+    };
+    let queue = SqsQueue::new(client, options).unwrap();
+    let sized = |id: &str, size: usize| QueueItem {
+        id: id.to_owned(),
+        body: Bytes::from(vec![b'q'; size]),
+    };
+    match queue.enqueue(Q, sized("big", 5000), NO_WAIT).await {
+        Err(QueueError::TooLarge { size, limit }) => {
+            assert!(size > 5000, "the attributes count too: {size}");
+            assert_eq!(limit, 4096);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let fits = sized("fits", 4000);
+    queue.enqueue(Q, fits.clone(), NO_WAIT).await.unwrap();
+    let leases = queue
+        .lease(Q, 10, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ids(&leases), ["fits"]);
+    assert_eq!(leases[0].item.body, fits.body);
+    // A settle that would hand over too large an item keeps the lease's item where it is.
+    let refused = queue
+        .settle_and_enqueue(&leases[0], OUT, sized("big", 5000), NO_WAIT)
+        .await;
+    assert!(
+        matches!(refused, Err(QueueError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(queue.stats(OUT).await.unwrap().depth, 0);
 }
 
 #[tokio::test]

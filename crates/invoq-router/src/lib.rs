@@ -18,7 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_adapters::{Delivery, DeliveryKind, Destination};
-use invoq_domain::asynchronous::Outcome;
+use invoq_domain::arn::Service;
+use invoq_domain::asynchronous::{Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome};
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem, while_leased};
 
 /// How long a lease lasts; a heartbeat ([`while_leased`]) renews it while a round of deliveries runs. It is
@@ -28,17 +29,24 @@ const LEASE: Duration = Duration::from_secs(10);
 /// with the round's backoff).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Largest SQS message (since August 2025; queues set to less refuse larger records, and
+/// those deliveries fail and park like any other failure).
+const SQS_MESSAGE_MAX_BYTES: usize = 1_048_576;
+/// Largest SNS message and EventBridge entry.
+const SNS_EVENTBRIDGE_MAX_BYTES: usize = 262_144;
 
 /// Runs a function asynchronously: how function destinations are delivered.
 #[async_trait]
 pub trait AsyncInvoker: Send + Sync + 'static {
     /// An Event invoke of `function_arn` with `event`, under `request_id`: the same for
-    /// every redelivery of one outcome to one target.
+    /// every redelivery of one outcome to one target. `chain_depth` counts the invocations
+    /// of the chain before this one, for recursive loop detection.
     async fn invoke_event(
         &self,
         function_arn: &str,
         event: &str,
         request_id: &str,
+        chain_depth: u32,
     ) -> Result<(), String>;
 }
 
@@ -267,15 +275,21 @@ impl Router {
         let record = &outcome.record;
         let request_id = &record.request_context.request_id;
         let condition = record.request_context.condition;
-        let record_json = serde_json::to_string(record).expect("records serialise");
-        let is_function = invoq_domain::Arn::parse(&target.arn)
-            .is_ok_and(|arn| arn.service == invoq_domain::arn::Service::Lambda);
+        let service = invoq_domain::Arn::parse(&target.arn)
+            .map(|arn| arn.service)
+            .ok();
+        let record_json = record.to_json_within(service.and_then(record_limit));
         let deduplication_id = format!("{request_id}-{condition:?}-{}", target.key);
-        if target.key != "dead_letter" && is_function {
+        if target.key != "dead_letter" && service == Some(Service::Lambda) {
             let request_id = invoq_domain::stable_request_id(&deduplication_id);
             return self
                 .invoker
-                .invoke_event(&target.arn, &record_json, &request_id)
+                .invoke_event(
+                    &target.arn,
+                    &record_json,
+                    &request_id,
+                    outcome.chain_depth + 1,
+                )
                 .await;
         }
         let (kind, body) = if target.key == "dead_letter" {
@@ -323,10 +337,12 @@ impl Router {
 }
 
 /// Where an outcome goes: OnSuccess on success; OnFailure and the dead-letter queue (both,
-/// when both are set) on failure.
+/// when both are set) on failure. An event stopped by recursive loop detection never goes to
+/// a function destination: that invoke would be the loop's next step.
 fn targets(outcome: &Outcome) -> Vec<Target> {
     let destinations = &outcome.destinations;
-    let candidates = if outcome.record.request_context.condition.is_success() {
+    let condition = outcome.record.request_context.condition;
+    let candidates = if condition.is_success() {
         vec![("on_success", &destinations.on_success)]
     } else {
         vec![
@@ -337,14 +353,37 @@ fn targets(outcome: &Outcome) -> Vec<Target> {
     candidates
         .into_iter()
         .filter_map(|(key, arn)| arn.clone().map(|arn| Target { key, arn }))
+        .filter(|target| {
+            let loops_on = condition == Condition::RecursiveInvocationDetected
+                && invoq_domain::Arn::parse(&target.arn)
+                    .is_ok_and(|arn| arn.service == Service::Lambda);
+            if loops_on {
+                tracing::warn!(request_id = %outcome.record.request_context.request_id,
+                    target = %target.arn, "recursive loop stopped: its record is not sent to a function");
+            }
+            !loops_on
+        })
         .collect()
 }
 
 /// The event as the caller sent it: the dead-letter message body.
 fn original_event(outcome: &Outcome) -> String {
-    match &outcome.record.request_payload {
-        serde_json::Value::String(text) => text.clone(),
-        payload => payload.to_string(),
+    outcome
+        .record
+        .request_payload
+        .as_ref()
+        .map_or("{}", JsonText::as_str)
+        .to_owned()
+}
+
+/// The largest record a destination of `service` takes; over it, payloads are left out of
+/// the record as Lambda does, rather than failing the delivery round after round.
+fn record_limit(service: Service) -> Option<usize> {
+    match service {
+        Service::Sqs => Some(SQS_MESSAGE_MAX_BYTES),
+        Service::Sns | Service::Events => Some(SNS_EVENTBRIDGE_MAX_BYTES),
+        Service::Lambda => Some(EVENT_PAYLOAD_MAX_BYTES),
+        Service::S3 => None,
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use invoq_adapters::memory::{FaultInjecting, MemoryDestinations};
 use invoq_adapters::{DeliveryKind, Destination};
 use invoq_domain::asynchronous::{
-    Condition, Destinations, InvocationRecord, Outcome, RequestContext, ResponseContext,
+    Condition, Destinations, InvocationRecord, JsonText, Outcome, RequestContext, ResponseContext,
 };
 use invoq_queue::{DELIVERIES, EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PARKED, QueueItem};
 use invoq_router::{AsyncInvoker, Router, RouterConfig};
@@ -17,6 +17,7 @@ use invoq_router::{AsyncInvoker, Router, RouterConfig};
 struct RecordingInvoker {
     events: Mutex<Vec<(String, String)>>,
     request_ids: Mutex<Vec<String>>,
+    chain_depths: Mutex<Vec<u32>>,
 }
 
 #[async_trait]
@@ -26,8 +27,10 @@ impl AsyncInvoker for RecordingInvoker {
         function_arn: &str,
         event: &str,
         request_id: &str,
+        chain_depth: u32,
     ) -> Result<(), String> {
         self.request_ids.lock().unwrap().push(request_id.to_owned());
+        self.chain_depths.lock().unwrap().push(chain_depth);
         self.events
             .lock()
             .unwrap()
@@ -47,16 +50,17 @@ fn outcome(request_id: &str, condition: Condition, destinations: Destinations) -
                 condition,
                 approximate_invoke_count: 1,
             },
-            request_payload: serde_json::json!({"order": 1}),
+            request_payload: Some(JsonText::parse(br#"{"order": 1}"#).unwrap()),
             response_context: Some(ResponseContext {
                 status_code: 200,
                 executed_version: "$LATEST".into(),
                 function_error: (!condition.is_success()).then(|| "Unhandled".into()),
             }),
-            response_payload: Some(serde_json::json!({"errorMessage": "boom"})),
+            response_payload: Some(JsonText::parse(br#"{"errorMessage":"boom"}"#).unwrap()),
         },
         destinations,
         error_message: (!condition.is_success()).then(|| "boom".into()),
+        chain_depth: 3,
         delivery: Default::default(),
     }
 }
@@ -161,8 +165,8 @@ async fn success_goes_to_on_success_and_failure_to_on_failure_and_the_dlq() {
     ));
     let dead_letter = to(DLQ);
     assert_eq!(
-        dead_letter.body, r#"{"order":1}"#,
-        "the DLQ gets the original event"
+        dead_letter.body, r#"{"order": 1}"#,
+        "the DLQ gets the original event, as its text was"
     );
     assert_eq!(
         dead_letter.kind,
@@ -309,6 +313,36 @@ async fn function_destinations_are_invoked_asynchronously_and_empty_outcomes_dro
     let ids = setup.invoker.request_ids.lock().unwrap().clone();
     assert_eq!(ids[0], ids[1], "one request id per outcome and target");
     assert_ne!(ids[0], "chain", "not the source event's own id");
+    let depths = setup.invoker.chain_depths.lock().unwrap().clone();
+    assert_eq!(
+        depths,
+        [4, 4],
+        "a destination's invoke is one deeper in the chain"
+    );
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_sns_arrives_without_its_payloads() {
+    let setup = setup(5);
+    let topic = "arn:aws:sns:us-east-1:123456789012:results";
+    let mut large = outcome(
+        "large",
+        Condition::Success,
+        Destinations {
+            on_success: Some(topic.into()),
+            ..Default::default()
+        },
+    );
+    large.record.response_payload = Some(JsonText::from_value(&"x".repeat(300_000)));
+    enqueue(&setup.queue, &large).await;
+    until(|| setup.memory.delivered().len() == 1).await;
+    let delivered = setup.memory.delivered()[0].clone();
+    assert!(delivered.body.len() < 262_144);
+    let record: serde_json::Value = serde_json::from_str(&delivered.body).unwrap();
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(record["requestPayload"], serde_json::json!({"order": 1}));
+    assert!(record.get("responsePayload").is_none());
+    until_settled(&setup.queue).await;
 }
 
 fn destinations_to(function: &str) -> Destinations {

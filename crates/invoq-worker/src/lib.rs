@@ -1,8 +1,9 @@
 //! invoq-worker is the retry worker of asynchronous invocation (lambda-spec.md §2). It leases
 //! events from the `invocations` queue, runs each through the runtime service, and settles
 //! the lease by Lambda's rules ([`policy`]): a retry goes back to `invocations` with a delay,
-//! a terminal outcome (Success, RetriesExhausted, EventAgeExceeded, ZeroReservedConcurrency)
-//! goes to `deliveries` with Lambda's invocation record, in the same step that ends the lease.
+//! a terminal outcome (Success, RetriesExhausted, EventAgeExceeded, ZeroReservedConcurrency,
+//! RecursiveInvocationDetected) goes to `deliveries` with Lambda's invocation record, in the
+//! same step that ends the lease.
 //!
 //! Invariants kept here:
 //! - a heartbeat keeps an event's lease for the whole attempt, however long, so no other
@@ -21,12 +22,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    AsyncSettings, Condition, InvocationRecord, Outcome, QueuedInvocation, RequestContext,
-    ResponseContext,
+    AsyncSettings, Condition, InvocationRecord, JsonText, Outcome, QueuedInvocation,
+    RequestContext, ResponseContext,
 };
-use invoq_queue::{DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueItem, while_leased};
+use invoq_domain::recursion;
+use invoq_queue::{
+    DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueError, QueueItem, while_leased,
+};
 use invoq_runtime::{FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService};
-use serde_json::Value;
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
@@ -78,7 +81,7 @@ pub struct Worker {
 /// dropped without an outcome.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; 5],
     retries: AtomicU64,
     dropped: [AtomicU64; 2],
 }
@@ -124,11 +127,12 @@ impl DropReason {
     }
 }
 
-const CONDITIONS: [Condition; 4] = [
+const CONDITIONS: [Condition; 5] = [
     Condition::Success,
     Condition::RetriesExhausted,
     Condition::EventAgeExceeded,
     Condition::ZeroReservedConcurrency,
+    Condition::RecursiveInvocationDetected,
 ];
 
 impl WorkerMetrics {
@@ -302,15 +306,24 @@ impl Worker {
         if policy.expired(&event, &target.settings, now_ms()) {
             return finish(event, target, Condition::EventAgeExceeded);
         }
+        if target.settings.recursive_loop.stops(event.chain_depth) {
+            tracing::warn!(request_id = %event.request_id, function = %event.function_name,
+                chain_depth = event.chain_depth, "recursive loop detected; event stopped");
+            return finish(event, target, Condition::RecursiveInvocationDetected);
+        }
 
         let invocation = Invocation {
             function: target.spec.clone(),
             request_id: event.request_id.clone(),
-            payload: Bytes::from(event.payload.clone()),
+            payload: Bytes::copy_from_slice(event.payload.as_str().as_bytes()),
             invoked_function_arn: event.invoked_function_arn.clone(),
             client_context: None,
             attempt: event.attempts + 1,
-            trace_id: None,
+            trace_id: Some(recursion::trace_header(
+                None,
+                &event.request_id,
+                event.chain_depth,
+            )),
         };
         let directory = self.directory.clone();
         timeline(&event.request_id, event.attempts + 1, "attempt started");
@@ -349,6 +362,8 @@ impl Worker {
     }
 
     /// Hands the terminal outcome to the deliveries queue, ending the lease in the same step.
+    /// An outcome too large for the queue is handed over without its payloads (as Lambda
+    /// drops payloads from records too large for their destination), never retried forever.
     async fn finish(
         &self,
         lease: &Lease,
@@ -357,16 +372,18 @@ impl Worker {
         condition: Condition,
         response: Option<&InvocationResult>,
     ) {
-        let outcome = outcome(event, target, condition, response);
-        let item = QueueItem {
-            id: event.request_id.clone(),
-            body: to_json(&outcome),
-        };
-        match self
-            .queue
-            .settle_and_enqueue(lease, DELIVERIES, item, Duration::ZERO)
-            .await
-        {
+        let mut outcome = outcome(event, target, condition, response);
+        let mut settled = self.hand_over(lease, &outcome).await;
+        for trim in [trim_response, trim_request] {
+            let Err(QueueError::TooLarge { size, limit }) = settled else {
+                break;
+            };
+            tracing::warn!(request_id = %event.request_id, size, limit,
+                "outcome too large for the deliveries queue; payloads left out of its record");
+            trim(&mut outcome.record);
+            settled = self.hand_over(lease, &outcome).await;
+        }
+        match settled {
             Ok(()) => {
                 self.metrics.finished(condition);
                 tracing::debug!(request_id = %event.request_id, ?condition, "event finished");
@@ -375,6 +392,24 @@ impl Worker {
                 "outcome not recorded; the lease will expire and the event run again"),
         }
     }
+
+    async fn hand_over(&self, lease: &Lease, outcome: &Outcome) -> Result<(), QueueError> {
+        let item = QueueItem {
+            id: outcome.record.request_context.request_id.clone(),
+            body: to_json(outcome),
+        };
+        self.queue
+            .settle_and_enqueue(lease, DELIVERIES, item, Duration::ZERO)
+            .await
+    }
+}
+
+fn trim_response(record: &mut InvocationRecord) {
+    record.response_payload = None;
+}
+
+fn trim_request(record: &mut InvocationRecord) {
+    record.request_payload = None;
 }
 
 /// Lambda's invocation record for a terminal outcome (lambda-spec.md §4).
@@ -387,12 +422,11 @@ fn outcome(
     let executed_version = response
         .map(|response| response.executed_version.clone())
         .unwrap_or(event.qualifier.clone());
-    let response_payload = response.map(|response| json_or_string(&response.payload));
+    let response_payload = response.map(|response| JsonText::or_string(&response.payload));
     let error_message = response
         .filter(|response| response.function_error.is_some())
         .and(response_payload.as_ref())
-        .and_then(|payload| payload.get("errorMessage"))
-        .and_then(Value::as_str)
+        .and_then(|payload| error_message(payload.as_str()))
         .map(|message| message.chars().take(1024).collect());
     Outcome {
         record: InvocationRecord {
@@ -404,7 +438,7 @@ fn outcome(
                 condition,
                 approximate_invoke_count: event.attempts,
             },
-            request_payload: json_or_string(event.payload.as_bytes()),
+            request_payload: Some(event.payload.clone()),
             response_context: response.map(|response| ResponseContext {
                 status_code: 200,
                 executed_version: response.executed_version.clone(),
@@ -414,13 +448,22 @@ fn outcome(
         },
         destinations: target.settings.destinations.clone(),
         error_message,
+        chain_depth: event.chain_depth,
         delivery: Default::default(),
     }
 }
 
-fn json_or_string(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// The `errorMessage` of a function error's payload, read without building the whole
+/// document.
+fn error_message(payload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct FunctionError {
+        #[serde(rename = "errorMessage")]
+        error_message: Option<String>,
+    }
+    serde_json::from_str::<FunctionError>(payload)
+        .ok()?
+        .error_message
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Bytes {

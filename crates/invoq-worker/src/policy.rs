@@ -87,7 +87,7 @@ fn age(event: &QueuedInvocation, now_ms: u64) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use invoq_domain::asynchronous::{EventInvokeConfig, QueuedInvocation};
+    use invoq_domain::asynchronous::{EventInvokeConfig, JsonText, QueuedInvocation};
 
     use super::*;
 
@@ -100,7 +100,7 @@ mod tests {
             maximum_event_age_seconds: max_age_seconds,
             ..EventInvokeConfig::default()
         };
-        AsyncSettings::new(Some(config), None)
+        AsyncSettings::new(Some(config), None, Default::default())
     }
 
     fn event(attempts: u32, throttles: u32) -> QueuedInvocation {
@@ -109,10 +109,11 @@ mod tests {
             function_name: "f".into(),
             qualifier: "$LATEST".into(),
             invoked_function_arn: "arn".into(),
-            payload: "{}".into(),
+            payload: JsonText::parse(b"{}").unwrap(),
             accepted_at_ms: 0,
             attempts,
             throttles,
+            chain_depth: 0,
         }
     }
 

@@ -384,6 +384,10 @@ struct QueueArgs {
     /// SQS backend: queues are named <prefix><queue>.fifo.
     #[arg(long, env = "INVOQ_SQS_QUEUE_PREFIX", default_value = "invoq-")]
     sqs_queue_prefix: String,
+    /// SQS backend: largest message, and the MaximumMessageSize of the queues invoq creates
+    /// (up to 1048576 where SQS allows it). Event invokes too large for it get 413.
+    #[arg(long, env = "INVOQ_SQS_MAX_MESSAGE_BYTES", default_value_t = invoq_queue::SQS_DEFAULT_MAX_MESSAGE_BYTES)]
+    sqs_max_message_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -430,6 +434,7 @@ impl QueueArgs {
         let options = SqsQueueOptions {
             prefix: self.sqs_queue_prefix.clone(),
             max_depth: self.queue_depth_limit,
+            max_message_bytes: self.sqs_max_message_bytes,
             ..SqsQueueOptions::default()
         };
         Ok(Arc::new(SqsQueue::new(
@@ -804,14 +809,19 @@ impl AsyncInvoker for Registry {
         function_arn: &str,
         event: &str,
         request_id: &str,
+        chain_depth: u32,
     ) -> Result<(), String> {
         match self {
             Registry::Local(frontend) => {
                 frontend
-                    .invoke_event(function_arn, event, Some(request_id))
+                    .invoke_event(function_arn, event, Some(request_id), chain_depth)
                     .await
             }
-            Registry::Remote(client) => client.invoke_event(function_arn, event, request_id).await,
+            Registry::Remote(client) => {
+                client
+                    .invoke_event(function_arn, event, request_id, chain_depth)
+                    .await
+            }
         }
     }
 }

@@ -152,6 +152,76 @@ async fn event_answers_202_and_the_event_runs() {
     );
 }
 
+/// A megabyte of quotes is a megabyte in the queue, not an escaped string twice as large:
+/// the record carries the caller's text as it was, and the dead-letter body is the caller's
+/// exact text. The record, over SQS's size with its echoed response, arrives without the
+/// response payload, as Lambda trims records too large for their destination.
+#[tokio::test]
+async fn a_megabyte_event_of_quotes_keeps_its_text_to_the_record_and_the_dlq() {
+    let data = data_dir();
+    let invoq = serve_scaled(data.path(), &[]);
+    let client = invoq.client();
+    create_builtin(&client, "echo", "echo").await;
+    put_config(&client, "echo", None, None).await;
+    create_builtin(&client, "fail", "fail").await;
+    client
+        .update_function_configuration()
+        .function_name("fail")
+        .dead_letter_config(
+            aws_sdk_lambda::types::DeadLetterConfig::builder()
+                .target_arn("arn:aws:sqs:us-east-1:000000000000:quotes-dlq")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("dead-letter config");
+    client
+        .put_function_event_invoke_config()
+        .function_name("fail")
+        .maximum_retry_attempts(0)
+        .send()
+        .await
+        .unwrap();
+    crate::harness::wait_until_active(&client, "fail").await;
+
+    let quotes = "\\\"".repeat(510_000);
+    let payload = format!(r#"{{ "quotes" :  "{quotes}" }}"#);
+    assert!(payload.len() > 1_000_000 && payload.len() <= 1_048_576);
+    let request_id = invoke_event(&client, "echo", &payload).await;
+    let record = outcome_of(data.path(), &request_id).await;
+    assert_eq!(record["requestContext"]["condition"], "Success");
+    assert_eq!(
+        record["requestPayload"]["quotes"].as_str().map(str::len),
+        Some(510_000)
+    );
+    assert!(
+        record.get("responsePayload").is_none(),
+        "trimmed to fit SQS"
+    );
+    let line =
+        std::fs::read_to_string(data.path().join("destinations/sqs/outcomes.jsonl")).unwrap();
+    assert!(
+        line.contains(&payload),
+        "the caller's text, unescaped and unchanged"
+    );
+
+    invoke_event(&client, "fail", &payload).await;
+    let dlq = data.path().join("destinations/sqs/quotes-dlq.jsonl");
+    let mut dead_letter = None;
+    for _ in 0..300 {
+        if let Ok(text) = std::fs::read_to_string(&dlq)
+            && !text.is_empty()
+        {
+            dead_letter =
+                Some(serde_json::from_str::<Value>(text.lines().next().unwrap()).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead_letter = dead_letter.expect("a dead letter");
+    assert_eq!(dead_letter["body"].as_str(), Some(payload.as_str()));
+}
+
 #[tokio::test]
 async fn function_errors_retry_as_configured_with_one_request_id() {
     let data = data_dir();

@@ -325,27 +325,34 @@ impl Queues {
     pub(crate) async fn receive(&self, url: &str, count: usize) -> Vec<Message> {
         let mut messages = Vec::new();
         for _ in 0..40 {
-            let output = self
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .expect("receive");
-            for message in output.messages() {
-                messages.push(Message {
-                    body: message.body().unwrap_or_default().to_owned(),
-                    attributes: message.message_attributes().cloned().unwrap_or_default(),
-                });
-            }
+            messages.extend(self.receive_now(url).await);
             if messages.len() >= count {
                 return messages;
             }
         }
         panic!("expected {count} messages on {url}, got {messages:?}");
+    }
+
+    /// The messages one receive of up to 10 brings, waiting up to a second for the first.
+    pub(crate) async fn receive_now(&self, url: &str) -> Vec<Message> {
+        let output = self
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive");
+        output
+            .messages()
+            .iter()
+            .map(|message| Message {
+                body: message.body().unwrap_or_default().to_owned(),
+                attributes: message.message_attributes().cloned().unwrap_or_default(),
+            })
+            .collect()
     }
 }
 

@@ -13,6 +13,7 @@ mod harness;
 mod invoke;
 mod isolation;
 mod recovery;
+mod recursion;
 mod runtimes;
 mod scale_out;
 mod split;

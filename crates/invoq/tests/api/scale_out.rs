@@ -215,3 +215,69 @@ async fn the_readme_example_runs_with_the_aws_cli() {
         serde_json::json!({"hello": "world"})
     );
 }
+
+/// On SQS a message is at most `INVOQ_SQS_MAX_MESSAGE_BYTES` (256 KiB by default): an event
+/// that cannot be stored is refused up front with 413, never a 202 or a 500; one of quotes
+/// that fits is stored as its own text (not escaped to nearly twice its size), and its
+/// outcome, too large for the deliveries queue with the echoed response, is handed over
+/// without the response payload instead of being run again and again.
+#[tokio::test]
+async fn on_sqs_an_event_too_large_to_store_gets_413_and_a_large_outcome_is_trimmed() {
+    let aws = AwsStandIn::start();
+    let deployment = Deployment::start(&aws, "file", 1);
+    let client = deployment.frontend.client();
+    create_builtin(&client, "echo", "echo").await;
+    client
+        .put_function_event_invoke_config()
+        .function_name("echo")
+        .destination_config(
+            DestinationConfig::builder()
+                .on_success(
+                    OnSuccess::builder()
+                        .destination("arn:aws:sqs:us-east-1:123456789012:outcomes")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("event invoke config");
+
+    let too_large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300_000));
+    let refused = client
+        .invoke()
+        .function_name("echo")
+        .invocation_type(aws_sdk_lambda::types::InvocationType::Event)
+        .payload(aws_sdk_lambda::primitives::Blob::new(too_large))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        crate::harness::status_and_type(&refused),
+        (
+            Some(413),
+            Some("SerializedRequestEntityTooLargeException".into())
+        )
+    );
+
+    let quotes = format!(r#"{{"quotes":"{}"}}"#, "\\\"".repeat(100_000));
+    assert!(quotes.len() > 200_000 && quotes.len() < 262_144);
+    let request_id = invoke_event(&client, "echo", &quotes).await;
+    let path = deployment
+        .router_data
+        .path()
+        .join("destinations/sqs/outcomes.jsonl");
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["requestContext"]["requestId"], request_id.as_str());
+            assert_eq!(record["requestContext"]["condition"], "Success");
+            assert!(line.contains(&quotes), "the event's own text");
+            assert!(record.get("responsePayload").is_none(), "{}", &line[..200]);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no outcome for {request_id}");
+}
