@@ -26,15 +26,20 @@ enum Task {
     Test,
     /// What CI runs: cargo fmt --check, clippy -D warnings, then the test suite.
     Ci,
-    /// The SIGKILL chaos run (tests/api/chaos.rs) for longer than CI's short one, with its
-    /// table of kills, accepted, lost and duplicated events and recovery times.
+    /// The SIGKILL chaos runs (tests/api/chaos.rs: `invoq serve` and the split services, on
+    /// the embedded queue and on SQS) for longer than CI's short ones, with their kills,
+    /// accepted, lost and duplicated events and recovery times. SQS runs use the stand-in
+    /// `INVOQ_AWS_STANDIN` names (moto unless `localstack`).
     Chaos {
-        /// Seconds of load and kills.
+        /// Seconds of load and kills, per run.
         #[arg(long, default_value_t = 120)]
         seconds: u64,
-        /// Event invokes per second.
+        /// Event invokes per second on the embedded queue.
         #[arg(long, default_value_t = 200)]
         rate: u64,
+        /// Event invokes per second on SQS.
+        #[arg(long, default_value_t = 20)]
+        sqs_rate: u64,
     },
     /// Run LocalStack (SQS, SNS, EventBridge) from PyPI on 127.0.0.1, without Docker.
     Localstack {
@@ -45,8 +50,7 @@ enum Task {
 
 /// The suites that talk to SQS, SNS or EventBridge, as a nextest filter: they run against
 /// moto and again against LocalStack.
-const AWS_FACING_TESTS: &str =
-    "binary(conformance) | test(/^(adapters|destinations|event_sources|scale_out)::/)";
+const AWS_FACING_TESTS: &str = "binary(conformance) | test(/^(adapters|destinations|event_sources|scale_out)::/) | test(/^chaos::.*_sqs$/)";
 
 fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
@@ -68,7 +72,11 @@ fn main() -> anyhow::Result<()> {
             check_compose()?;
             test()
         }
-        Task::Chaos { seconds, rate } => cargo(
+        Task::Chaos {
+            seconds,
+            rate,
+            sqs_rate,
+        } => cargo(
             &[
                 "test",
                 "--package",
@@ -78,10 +86,18 @@ fn main() -> anyhow::Result<()> {
                 "chaos::",
                 "--",
                 "--nocapture",
+                "--test-threads",
+                "1",
             ],
             &[
                 ("INVOQ_CHAOS_SECONDS", &seconds.to_string()),
                 ("INVOQ_CHAOS_RATE", &rate.to_string()),
+                ("INVOQ_CHAOS_SQS_RATE", &sqs_rate.to_string()),
+                ("INVOQ_MOTO_SERVER", &path_string(ensure_moto()?)?),
+                (
+                    "INVOQ_LOCALSTACK_PYTHON",
+                    &path_string(ensure_localstack()?)?,
+                ),
             ],
         ),
         Task::Localstack { port } => {

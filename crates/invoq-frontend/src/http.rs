@@ -36,6 +36,37 @@ impl IntoResponse for ErrorResponse {
 
 pub(crate) type ApiResult<T = Response> = Result<T, ErrorResponse>;
 
+/// Gives Lambda's error shape to the errors axum answers by itself, before a handler runs:
+/// a path segment that is not UTF-8, a query that does not parse, a body over the limit.
+/// They come as plain text, and SDKs read only `x-amzn-ErrorType` and a JSON body.
+pub(crate) async fn lambda_error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || response.headers().contains_key(ERROR_TYPE) {
+        return response;
+    }
+    let code = match status.as_u16() {
+        404 | 405 => ErrorCode::UnknownOperation,
+        413 => ErrorCode::RequestEntityTooLarge,
+        503 => ErrorCode::ServiceUnavailable,
+        500..=599 => ErrorCode::Service,
+        _ => ErrorCode::Validation,
+    };
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("Bad request")
+            .to_owned()
+    } else {
+        text
+    };
+    ErrorResponse(ApiError::new(code, message)).into_response()
+}
+
 /// A JSON response with the given status.
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     (

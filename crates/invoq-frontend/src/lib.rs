@@ -173,7 +173,8 @@ impl Frontend {
             .route("/invoq/parked/redrive", post(queues::redrive_parked))
             .route("/metrics", get(metrics::render))
             .fallback(http::unknown_operation)
-            .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT));
+            .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT))
+            .layer(axum::middleware::map_response(http::lambda_error_shape));
         let router = match access_keys {
             Some(keys) => router.layer(axum::middleware::from_fn_with_state(keys, auth::verify)),
             None => router,

@@ -101,6 +101,9 @@ pub struct SqsQueue {
     client: Client,
     options: SqsQueueOptions,
     queues: Mutex<HashMap<String, Arc<SqsQueueHandle>>>,
+    /// Held while a queue's URL is looked up (or the queue created), so that the first burst
+    /// of calls for a queue makes one lookup, not one each.
+    resolving: tokio::sync::Mutex<()>,
 }
 
 /// One SQS queue: its URL, its batchers and the depth last seen.
@@ -167,12 +170,24 @@ impl SqsQueue {
             client,
             options,
             queues: Mutex::new(HashMap::new()),
+            resolving: tokio::sync::Mutex::new(()),
         })
     }
 
     async fn queue(&self, queue: &str) -> Result<Arc<SqsQueueHandle>, QueueError> {
-        if let Some(handle) = self.queues.lock().expect("queues poisoned").get(queue) {
-            return Ok(handle.clone());
+        let cached = || {
+            self.queues
+                .lock()
+                .expect("queues poisoned")
+                .get(queue)
+                .cloned()
+        };
+        if let Some(handle) = cached() {
+            return Ok(handle);
+        }
+        let _resolving = self.resolving.lock().await;
+        if let Some(handle) = cached() {
+            return Ok(handle);
         }
         let name = format!("{}{queue}.fifo", self.options.prefix);
         let url = self.url_of(&name).await?;
