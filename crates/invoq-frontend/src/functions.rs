@@ -308,13 +308,9 @@ pub(crate) async fn put_concurrency(
         .into());
     }
     let reserved = reserved as u32;
-    frontend
-        .store
-        .update(&record.name, |record| {
-            record.reserved_concurrency = Some(reserved);
-            Ok(())
-        })?
-        .ok_or_else(|| frontend.not_found(&record.name, None))?;
+    frontend.set_setting(&record.name, |record| {
+        record.reserved_concurrency = Some(reserved)
+    })?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "ReservedConcurrentExecutions": reserved }),
@@ -338,13 +334,7 @@ pub(crate) async fn delete_concurrency(
     Path(function_name): Path<String>,
 ) -> ApiResult {
     let record = frontend.find(&function_name, None)?;
-    frontend
-        .store
-        .update(&record.name, |record| {
-            record.reserved_concurrency = None;
-            Ok(())
-        })?
-        .ok_or_else(|| frontend.not_found(&record.name, None))?;
+    frontend.set_setting(&record.name, |record| record.reserved_concurrency = None)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -384,13 +374,9 @@ pub(crate) async fn put_recursion_config(
         )
     })?;
     let record = frontend.find(&function_name, None)?;
-    frontend
-        .store
-        .update(&record.name, |record| {
-            record.recursive_loop = recursive_loop;
-            Ok(())
-        })?
-        .ok_or_else(|| frontend.not_found(&record.name, None))?;
+    frontend.set_setting(&record.name, |record| {
+        record.recursive_loop = recursive_loop
+    })?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "RecursiveLoop": recursive_loop.as_str() }),
@@ -426,6 +412,22 @@ impl Frontend {
             (None | Some(Qualifier::Latest), Some(record)) => Ok(record),
             _ => Err(self.not_found(&function.name, qualifier.as_deref())),
         }
+    }
+
+    /// Changes a function-level setting (reserved concurrency, recursion config) at once: such
+    /// settings need no deployment and keep the revision.
+    pub(crate) fn set_setting(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut FunctionRecord),
+    ) -> Result<(), ApiError> {
+        self.store
+            .update(name, |record| {
+                change(record);
+                Ok(())
+            })?
+            .map(drop)
+            .ok_or_else(|| self.not_found(name, None))
     }
 
     /// Applies a change to `$LATEST` as UpdateFunctionConfiguration / UpdateFunctionCode do:

@@ -100,12 +100,9 @@ fn delivered(router_data: &Path) -> HashMap<String, usize> {
     seen
 }
 
-#[tokio::test]
-async fn two_workers_on_sqs_survive_a_sigkill_without_losing_or_repeating_an_outcome() {
-    let aws = AwsStandIn::start();
-    let mut deployment = Deployment::start(&aws, "file", 2);
-    let client = deployment.frontend.client();
-    create_builtin(&client, "echo", "echo").await;
+/// The builtin `echo`, its OnSuccess records to the router's `destinations/sqs/outcomes.jsonl`.
+async fn create_echo_with_outcomes(client: &aws_sdk_lambda::Client) {
+    create_builtin(client, "echo", "echo").await;
     client
         .put_function_event_invoke_config()
         .function_name("echo")
@@ -121,6 +118,14 @@ async fn two_workers_on_sqs_survive_a_sigkill_without_losing_or_repeating_an_out
         .send()
         .await
         .expect("event invoke config");
+}
+
+#[tokio::test]
+async fn two_workers_on_sqs_survive_a_sigkill_without_losing_or_repeating_an_outcome() {
+    let aws = AwsStandIn::start();
+    let mut deployment = Deployment::start(&aws, "file", 2);
+    let client = deployment.frontend.client();
+    create_echo_with_outcomes(&client).await;
 
     let mut accepted = Vec::with_capacity(EVENTS);
     for index in 0..EVENTS {
@@ -226,22 +231,7 @@ async fn on_sqs_an_event_too_large_to_store_gets_413_and_a_large_outcome_is_trim
     let aws = AwsStandIn::start();
     let deployment = Deployment::start(&aws, "file", 1);
     let client = deployment.frontend.client();
-    create_builtin(&client, "echo", "echo").await;
-    client
-        .put_function_event_invoke_config()
-        .function_name("echo")
-        .destination_config(
-            DestinationConfig::builder()
-                .on_success(
-                    OnSuccess::builder()
-                        .destination("arn:aws:sqs:us-east-1:123456789012:outcomes")
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .expect("event invoke config");
+    create_echo_with_outcomes(&client).await;
 
     let too_large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300_000));
     let refused = client
