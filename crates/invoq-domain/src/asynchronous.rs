@@ -211,7 +211,37 @@ pub struct InvocationRecord {
     pub response_payload: Option<JsonText>,
 }
 
+/// How a function answered one invocation, as a record shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct FunctionResponse<'a> {
+    pub executed_version: &'a str,
+    /// `Unhandled` or `Handled` when the function failed.
+    pub function_error: Option<&'a str>,
+    pub payload: &'a [u8],
+}
+
 impl InvocationRecord {
+    /// Lambda's record of an invocation that ended as `request_context.condition`, stamped
+    /// now: the one place records are made (async outcomes and event source failures).
+    pub fn new(
+        request_context: RequestContext,
+        request_payload: JsonText,
+        response: Option<FunctionResponse<'_>>,
+    ) -> Self {
+        InvocationRecord {
+            version: "1.0".into(),
+            timestamp: record_timestamp(),
+            request_context,
+            request_payload: Some(request_payload),
+            response_context: response.map(|response| ResponseContext {
+                status_code: 200,
+                executed_version: response.executed_version.to_owned(),
+                function_error: response.function_error.map(str::to_owned),
+            }),
+            response_payload: response.map(|response| JsonText::or_string(response.payload)),
+        }
+    }
+
     /// The record as JSON for a destination that takes at most `limit` bytes: whole if it
     /// fits, else without the response payload, else without either payload, as Lambda
     /// drops payloads from records too large for their destination. The condition, request
@@ -249,6 +279,31 @@ pub struct ResponseContext {
     pub executed_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub function_error: Option<String>,
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the clock of `accepted_at_ms` and event age.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Now, as records write it: `2019-11-14T18:16:05.568Z`.
+fn record_timestamp() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// The `round`-th wait of a doubling backoff: 1 s, 2 s, 4 s ... up to 5 minutes. Throttled
+/// attempts and failed delivery rounds both back off this way.
+pub fn doubling_backoff(round: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    Duration::from_secs(1u64 << round.saturating_sub(1).min(16)).min(MAX)
 }
 
 #[cfg(test)]
@@ -290,6 +345,15 @@ mod tests {
                 "responsePayload": {"errorMessage": "x"}
             })
         );
+    }
+
+    #[test]
+    fn backoff_doubles_from_a_second_to_five_minutes() {
+        let waits: Vec<u64> = (1..=11)
+            .map(|round| doubling_backoff(round).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(doubling_backoff(u32::MAX).as_secs(), 300);
     }
 
     #[test]

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use invoq_domain::asynchronous::{
-    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, JsonText, QueuedInvocation,
+    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, JsonText, QueuedInvocation, now_ms,
 };
 use invoq_domain::limits::{CLIENT_CONTEXT_MAX_BYTES, SYNC_REQUEST_MAX_BYTES};
 use invoq_domain::recursion;
@@ -250,13 +250,6 @@ fn check_active(record: &FunctionRecord) -> Result<(), ApiError> {
         "The operation cannot be performed at this time. The function is currently in the \
          following state: {state}"
     )))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn invoke_response(result: InvocationResult, tail_log: bool) -> Response {

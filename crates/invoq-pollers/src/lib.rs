@@ -28,7 +28,7 @@ use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    Condition, Destinations, InvocationRecord, JsonText, Outcome, RequestContext, ResponseContext,
+    Condition, Destinations, FunctionResponse, InvocationRecord, JsonText, Outcome, RequestContext,
 };
 use invoq_domain::event_source::{DEFAULT_SQS_MAXIMUM_RETRY_ATTEMPTS, EventSourceMapping};
 use invoq_frontend::EventSourceChecker;
@@ -285,27 +285,23 @@ impl Pollers {
         response: Option<&InvocationResult>,
     ) -> bool {
         let message_id = record["messageId"].as_str().unwrap_or_default().to_owned();
+        let request_context = RequestContext {
+            request_id: message_id.clone(),
+            function_arn: mapping.function_arn.clone(),
+            condition: Condition::RetriesExhausted,
+            approximate_invoke_count: record["attributes"]["ApproximateReceiveCount"]
+                .as_str()
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(1),
+        };
+        let response = response.map(|response| FunctionResponse {
+            executed_version: &response.executed_version,
+            function_error: response.function_error.as_deref(),
+            payload: &response.payload,
+        });
+        let request_payload = JsonText::from_value(&json!({ "Records": [record] }));
         let outcome = Outcome {
-            record: InvocationRecord {
-                version: "1.0".into(),
-                timestamp: timestamp(),
-                request_context: RequestContext {
-                    request_id: message_id.clone(),
-                    function_arn: mapping.function_arn.clone(),
-                    condition: Condition::RetriesExhausted,
-                    approximate_invoke_count: record["attributes"]["ApproximateReceiveCount"]
-                        .as_str()
-                        .and_then(|count| count.parse().ok())
-                        .unwrap_or(1),
-                },
-                request_payload: Some(JsonText::from_value(&json!({ "Records": [record] }))),
-                response_context: response.map(|response| ResponseContext {
-                    status_code: 200,
-                    executed_version: response.executed_version.clone(),
-                    function_error: response.function_error.clone(),
-                }),
-                response_payload: response.map(|response| JsonText::or_string(&response.payload)),
-            },
+            record: InvocationRecord::new(request_context, request_payload, response),
             destinations: Destinations {
                 on_failure: mapping.on_failure.clone(),
                 ..Destinations::default()
@@ -509,15 +505,6 @@ fn receive_count(message: &Message) -> u32 {
         .and_then(|attributes| attributes.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|count| count.parse().ok())
         .unwrap_or(1)
-}
-
-fn timestamp() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
 }
 
 /// Checks mapped queues exist, with AWS's error text when they do not.

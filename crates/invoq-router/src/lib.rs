@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_adapters::{Delivery, DeliveryKind, Destination};
 use invoq_domain::arn::Service;
-use invoq_domain::asynchronous::{Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome};
+use invoq_domain::asynchronous::{
+    Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome, doubling_backoff,
+};
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem, while_leased};
 
 /// How long a lease lasts; a heartbeat ([`while_leased`]) renews it while a round of deliveries runs. It is
@@ -28,7 +30,6 @@ const LEASE: Duration = Duration::from_secs(10);
 /// How long one call to a destination may take before it counts as failed (and is retried
 /// with the round's backoff).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Largest SQS message (since August 2025; queues set to less refuse larger records, and
 /// those deliveries fail and park like any other failure).
 const SQS_MESSAGE_MAX_BYTES: usize = 1_048_576;
@@ -262,7 +263,8 @@ impl Router {
                 delay: Duration::ZERO,
             }
         } else {
-            let delay = backoff(outcome.delivery.failed_attempts).mul_f64(self.config.time_scale);
+            let delay =
+                doubling_backoff(outcome.delivery.failed_attempts).mul_f64(self.config.time_scale);
             RoundEnd::Requeue {
                 queue: DELIVERIES,
                 body,
@@ -385,9 +387,4 @@ fn record_limit(service: Service) -> Option<usize> {
         Service::Lambda => Some(EVENT_PAYLOAD_MAX_BYTES),
         Service::S3 => None,
     }
-}
-
-/// 1 s, 2 s, 4 s ... up to 5 minutes.
-fn backoff(failed_attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << failed_attempts.saturating_sub(1).min(16)).min(BACKOFF_MAX)
 }

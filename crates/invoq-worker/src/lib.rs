@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    AsyncSettings, Condition, InvocationRecord, JsonText, Outcome, QueuedInvocation,
-    RequestContext, ResponseContext,
+    AsyncSettings, Condition, FunctionResponse, InvocationRecord, Outcome, QueuedInvocation,
+    RequestContext, now_ms,
 };
 use invoq_domain::recursion;
 use invoq_queue::{
@@ -420,32 +420,25 @@ fn outcome(
     response: Option<&InvocationResult>,
 ) -> Outcome {
     let executed_version = response
-        .map(|response| response.executed_version.clone())
-        .unwrap_or(event.qualifier.clone());
-    let response_payload = response.map(|response| JsonText::or_string(&response.payload));
+        .map(|response| response.executed_version.as_str())
+        .unwrap_or(&event.qualifier);
     let error_message = response
         .filter(|response| response.function_error.is_some())
-        .and(response_payload.as_ref())
-        .and_then(|payload| error_message(payload.as_str()))
+        .and_then(|response| error_message(&response.payload))
         .map(|message| message.chars().take(1024).collect());
+    let request_context = RequestContext {
+        request_id: event.request_id.clone(),
+        function_arn: format!("{}:{executed_version}", target.spec.function_arn),
+        condition,
+        approximate_invoke_count: event.attempts,
+    };
+    let response = response.map(|response| FunctionResponse {
+        executed_version: &response.executed_version,
+        function_error: response.function_error.as_deref(),
+        payload: &response.payload,
+    });
     Outcome {
-        record: InvocationRecord {
-            version: "1.0".into(),
-            timestamp: timestamp(),
-            request_context: RequestContext {
-                request_id: event.request_id.clone(),
-                function_arn: format!("{}:{executed_version}", target.spec.function_arn),
-                condition,
-                approximate_invoke_count: event.attempts,
-            },
-            request_payload: Some(event.payload.clone()),
-            response_context: response.map(|response| ResponseContext {
-                status_code: 200,
-                executed_version: response.executed_version.clone(),
-                function_error: response.function_error.clone(),
-            }),
-            response_payload,
-        },
+        record: InvocationRecord::new(request_context, event.payload.clone(), response),
         destinations: target.settings.destinations.clone(),
         error_message,
         chain_depth: event.chain_depth,
@@ -455,29 +448,19 @@ fn outcome(
 
 /// The `errorMessage` of a function error's payload, read without building the whole
 /// document.
-fn error_message(payload: &str) -> Option<String> {
+fn error_message(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct FunctionError {
         #[serde(rename = "errorMessage")]
         error_message: Option<String>,
     }
-    serde_json::from_str::<FunctionError>(payload)
+    serde_json::from_slice::<FunctionError>(payload)
         .ok()?
         .error_message
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("outcomes serialise"))
-}
-
-/// `2019-11-14T18:16:05.568Z`
-fn timestamp() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
 }
 
 /// One step of an event's life, for `invoq bench` and other tracers: a TRACE event on the
@@ -491,12 +474,5 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

@@ -13,11 +13,10 @@
 
 use std::time::Duration;
 
-use invoq_domain::asynchronous::{AsyncSettings, Condition, QueuedInvocation};
+use invoq_domain::asynchronous::{AsyncSettings, Condition, QueuedInvocation, doubling_backoff};
 
 /// The first function-error retry waits this long, the second twice as long.
 const FUNCTION_ERROR_RETRY_BASE: Duration = Duration::from_secs(60);
-const THROTTLE_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// What one attempt came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,10 +63,7 @@ impl RetryPolicy {
                 }
                 FUNCTION_ERROR_RETRY_BASE * event.attempts
             }
-            AttemptResult::NotRun => {
-                let exponent = event.throttles.saturating_sub(1).min(16);
-                Duration::from_secs(1u64 << exponent).min(THROTTLE_BACKOFF_MAX)
-            }
+            AttemptResult::NotRun => doubling_backoff(event.throttles),
         };
         let delay = self.scale(delay);
         if age(event, now_ms) + delay > self.scale(settings.maximum_event_age) {
