@@ -1,7 +1,7 @@
 //! invoq-router delivers the outcomes of asynchronous invocations (lambda-spec.md §4-§5).
 //! It leases outcomes from the `deliveries` queue and sends Lambda's invocation record to
 //! the `OnSuccess` or `OnFailure` destination, and the original event to the dead-letter
-//! queue on final failure, through `invoq-adapters` (SQS, SNS, EventBridge, files) or, for a
+//! queue on final failure, through `invoq-destinations` (SQS, SNS, EventBridge, files) or, for a
 //! function destination, as an async invoke of that invoq function.
 //!
 //! Unlike Lambda, it never drops a record: a round with a failed target goes back to
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use invoq_adapters::{Delivery, DeliveryKind, Destination};
+use invoq_destinations::{Delivery, DeliveryKind, Destination};
 use invoq_domain::arn::Service;
 use invoq_domain::asynchronous::{
     Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome, doubling_backoff,

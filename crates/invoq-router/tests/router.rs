@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use invoq_adapters::memory::{FaultInjecting, MemoryDestinations};
-use invoq_adapters::{DeliveryKind, Destination};
+use invoq_destinations::memory::{FaultInjecting, MemoryDestinations};
+use invoq_destinations::{DeliveryKind, Destination};
 use invoq_domain::asynchronous::{
     Condition, Destinations, InvocationRecord, JsonText, Outcome, RequestContext, ResponseContext,
 };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use aws_config::SdkConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use invoq_adapters::Destination;
+use invoq_destinations::Destination;
 use invoq_domain::Location;
 use invoq_frontend::grpc::{RegistryGrpcClient, RegistryGrpcServer};
 use invoq_frontend::server::HttpLimits;
@@ -523,7 +523,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(other) => anyhow::bail!("INVOQ_LOG_FORMAT must be text or json, not {other}"),
     }
     // One AWS environment for the adapters, the pollers and the SQS queue backend.
-    let aws = || invoq_adapters::aws::sdk_config_from_env();
+    let aws = || invoq_destinations::aws::sdk_config_from_env();
     let cli = Cli::parse();
     let _ = GRPC_TOKEN.set(cli.grpc.token()?);
     match cli.command {
@@ -762,7 +762,7 @@ fn open_destinations(
     data_dir: &Path,
     aws: &SdkConfig,
 ) -> anyhow::Result<Arc<dyn Destination>> {
-    Ok(invoq_adapters::from_setting(
+    Ok(invoq_destinations::from_setting(
         &args.destinations,
         data_dir,
         aws,

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use invoq_adapters::aws::AwsDestinations;
-use invoq_adapters::file::FileDestinations;
-use invoq_adapters::memory::MemoryDestinations;
-use invoq_adapters::{Delivery, DeliveryError, DeliveryKind, Destination};
+use invoq_destinations::aws::AwsDestinations;
+use invoq_destinations::file::FileDestinations;
+use invoq_destinations::memory::MemoryDestinations;
+use invoq_destinations::{Delivery, DeliveryError, DeliveryKind, Destination};
 use serde_json::Value;
 
 use crate::harness::AwsStandIn;

@@ -1,4 +1,4 @@
-//! invoq-adapters delivers messages to destinations named by ARN: invocation records to
+//! invoq-destinations delivers messages to destinations named by ARN: invocation records to
 //! `OnSuccess` / `OnFailure` destinations and original events to dead-letter queues
 //! (lambda-spec.md §4-§5).
 //!
