@@ -369,19 +369,9 @@ enum Command {
 }
 
 impl Command {
-    /// Whether the command changes what must survive a crash. Leases, extensions, plain acks
-    /// and nacks need no fsync: losing one in a crash only makes its item visible again
-    /// (the lease expires as if the holder had died), which at-least-once delivery already
-    /// allows, and every consumer settles a redelivered item under the same deduplication id.
-    /// Enqueues and hand-offs (`Settle` with `then`) create work and stay durable.
+    /// Whether the command changes what must survive a crash.
     fn needs_fsync(&self) -> bool {
-        !matches!(
-            self,
-            Command::Lease { .. }
-                | Command::Extend { .. }
-                | Command::Nack { .. }
-                | Command::Settle { then: None, .. }
-        )
+        !matches!(self, Command::Lease { .. } | Command::Extend { .. })
     }
 }
 
@@ -454,10 +444,9 @@ impl Writer {
         }
     }
 
-    /// Commits a batch as up to two transactions: leases, extensions, acks and nacks first,
-    /// without fsync, so that a worker asking for work does not wait for the disk; then
-    /// everything that must survive a crash, with one fsync for all of it (which also makes
-    /// the first transaction durable).
+    /// Commits a batch as up to two transactions: leases and extensions first, without
+    /// fsync, so that a worker asking for work does not wait for the disk; then everything
+    /// that must survive a crash, with one fsync for all of it.
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
         let (durable, quick): (Vec<Command>, Vec<Command>) =
             batch.drain(..).partition(Command::needs_fsync);

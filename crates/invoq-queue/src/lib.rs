@@ -85,9 +85,7 @@ pub enum QueueError {
     Storage(String),
 }
 
-/// The queue service. Enqueues and hand-offs are durable when they return. An ack, a nack or
-/// a lease may be lost in a crash (backends may skip the fsync for them): the item is then
-/// visible again as if its lease had expired, which at-least-once delivery allows.
+/// The queue service. Every method that changes an item is durable when it returns.
 #[async_trait]
 pub trait EventQueue: Send + Sync + 'static {
     /// Appends an item, visible after `delay`. Refused with [`QueueError::Full`] past the
