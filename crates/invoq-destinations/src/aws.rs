@@ -1,4 +1,4 @@
-//! SQS, SNS and EventBridge destinations through the AWS SDKs (`INVOQ_DESTINATIONS=aws`).
+//! SQS, SNS, EventBridge and S3 destinations through the AWS SDKs (`INVOQ_DESTINATIONS=aws`).
 //!
 //! Configuration is the standard AWS environment read once by aws-config (endpoint,
 //! credentials); each delivery's region comes from its target ARN, and an SQS queue's URL is
@@ -24,6 +24,10 @@ const FAILURE_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Failure";
 
 pub struct AwsDestinations {
     config: SdkConfig,
+    /// S3 bucket ARNs name no region: one client, in the configured region, path-style
+    /// addressing where an endpoint is set (LocalStack, moto), since `bucket.127.0.0.1` is
+    /// no host.
+    s3: aws_sdk_s3::Client,
     clients: Mutex<HashMap<String, RegionClients>>,
     /// Queue URLs by queue ARN.
     queue_urls: Mutex<HashMap<String, String>>,
@@ -38,7 +42,11 @@ struct RegionClients {
 
 impl AwsDestinations {
     pub fn new(config: SdkConfig) -> Self {
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(config.endpoint_url().is_some())
+            .build();
         AwsDestinations {
+            s3: aws_sdk_s3::Client::from_conf(s3),
             config,
             clients: Mutex::new(HashMap::new()),
             queue_urls: Mutex::new(HashMap::new()),
@@ -195,6 +203,26 @@ impl AwsDestinations {
     }
 }
 
+impl AwsDestinations {
+    /// One object per record, at Lambda's key layout ([`Delivery::s3_key`]).
+    async fn put_object(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
+        let target = &delivery.target_arn;
+        let key = delivery.s3_key()?;
+        self.s3
+            .put_object()
+            .bucket(&arn.resource)
+            .key(key)
+            .content_type("application/json")
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                delivery.body.clone().into_bytes(),
+            ))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| failed(target, error))
+    }
+}
+
 #[async_trait]
 impl Destination for AwsDestinations {
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError> {
@@ -204,7 +232,8 @@ impl Destination for AwsDestinations {
             Service::Sqs => self.send_to_queue(&arn, delivery).await,
             Service::Sns => self.publish(&arn, delivery).await,
             Service::Events => self.put_event(&arn, delivery).await,
-            Service::S3 | Service::Lambda => Err(DeliveryError::Unsupported(target.clone())),
+            Service::S3 => self.put_object(&arn, delivery).await,
+            Service::Lambda => Err(DeliveryError::Unsupported(target.clone())),
         }
     }
 }

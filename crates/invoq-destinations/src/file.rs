@@ -1,6 +1,8 @@
 //! File destinations (`INVOQ_DESTINATIONS=file`): each message becomes one JSON line in
 //! `<root>/<service>/<resource-name>.jsonl`, e.g. `sqs/orders-success.jsonl`. Records are
-//! written as they are; dead-letter messages as `{"body", "messageAttributes"}`.
+//! written as they are; dead-letter messages as `{"body", "messageAttributes"}`. An S3
+//! destination gets one file per record, as the bucket gets one object:
+//! `<root>/s3/<bucket>/<key>` at Lambda's key layout.
 //!
 //! A delivery counts as done only once its line is fsynced. One writer thread appends every
 //! line pending at the moment and fsyncs each touched file once (group commit), so concurrent
@@ -60,6 +62,11 @@ impl FileDestinations {
 impl Destination for FileDestinations {
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
+        if let Ok(arn) = Arn::parse(target)
+            && arn.service == Service::S3
+        {
+            return self.put_object(&arn, delivery).await;
+        }
         let supported = matches!(
             Arn::parse(target).map(|arn| arn.service),
             Ok(Service::Sqs | Service::Sns | Service::Events)
@@ -93,6 +100,40 @@ impl Destination for FileDestinations {
             .map_err(|_| DeliveryError::failed(target, "file writer stopped"))?
             .map_err(|error| DeliveryError::failed(target, error))
     }
+}
+
+impl FileDestinations {
+    async fn put_object(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
+        let target = &delivery.target_arn;
+        let bucket = arn
+            .file_name()
+            .ok_or_else(|| DeliveryError::Unsupported(target.clone()))?;
+        // The key is invoq's own (function name, digits, a UUID), so it stays in the bucket.
+        let path = self.root.join("s3").join(bucket).join(delivery.s3_key()?);
+        let body = delivery.body.clone().into_bytes();
+        tokio::task::spawn_blocking(move || write_durably(&path, &body))
+            .await
+            .map_err(|error| DeliveryError::failed(target, error))?
+            .map_err(|error| DeliveryError::failed(target, error))
+    }
+}
+
+/// Writes a whole file under a temporary name, fsyncs it and renames it into place, so a
+/// reader never sees half an object.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let parent = path.parent().expect("object paths have a directory");
+    std::fs::create_dir_all(parent)?;
+    let mut partial_name = path
+        .file_name()
+        .expect("object paths name a file")
+        .to_owned();
+    partial_name.push(".partial");
+    let partial = path.with_file_name(partial_name);
+    let mut file = File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&partial, path)?;
+    File::open(parent)?.sync_all()
 }
 
 /// The writer thread: appends batches of lines, one fsync per file per batch.

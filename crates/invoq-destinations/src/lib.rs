@@ -3,7 +3,7 @@
 //! (lambda-spec.md §4-§5).
 //!
 //! [`Destination`] is the contract. Implementations:
-//! - [`aws::AwsDestinations`]: SQS, SNS and EventBridge through the AWS SDKs, configured from
+//! - [`aws::AwsDestinations`]: SQS, SNS, EventBridge and S3 through the AWS SDKs, configured from
 //!   the standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials), so one binary
 //!   talks to AWS, LocalStack or moto; region and account come from each ARN;
 //! - [`file::FileDestinations`]: JSON lines under `<data-dir>/destinations/`, for local work;
@@ -66,6 +66,50 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// Where an S3 destination keeps this record: Lambda's layout,
+    /// `aws/lambda/async/<function-name>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<uuid>`, from the
+    /// record's own timestamp and a UUID derived from the deduplication id, so a redelivery
+    /// writes the same object again instead of a second one.
+    pub fn s3_key(&self) -> Result<String, DeliveryError> {
+        #[derive(serde::Deserialize)]
+        struct Stamped<'a> {
+            #[serde(borrow)]
+            timestamp: std::borrow::Cow<'a, str>,
+        }
+        let target = &self.target_arn;
+        let DeliveryKind::Record { function_arn, .. } = &self.kind else {
+            return Err(DeliveryError::Unsupported(target.clone()));
+        };
+        let function = function_arn
+            .split(':')
+            .nth(6)
+            .filter(|name| invoq_domain::is_valid_name(name))
+            .ok_or_else(|| DeliveryError::failed(target, "record without a function name"))?;
+        let stamped: Stamped = serde_json::from_str(&self.body)
+            .map_err(|error| DeliveryError::failed(target, error))?;
+        // 2019-11-14T18:16:05.568Z
+        let stamp = stamped.timestamp.as_ref();
+        let well_formed = stamp.len() >= 19
+            && stamp.is_char_boundary(19)
+            && stamp[..19].bytes().enumerate().all(|(at, byte)| match at {
+                4 | 7 => byte == b'-',
+                10 => byte == b'T',
+                13 | 16 => byte == b':',
+                _ => byte.is_ascii_digit(),
+            });
+        if !well_formed {
+            return Err(DeliveryError::failed(target, "record without a timestamp"));
+        }
+        let (year, month, day) = (&stamp[..4], &stamp[5..7], &stamp[8..10]);
+        let time = stamp[11..19].replace(':', ".");
+        let id = invoq_domain::stable_request_id(&self.deduplication_id);
+        Ok(format!(
+            "aws/lambda/async/{function}/{year}/{month}/{day}/{year}-{month}-{day}T{time}-{id}"
+        ))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribute {
     pub name: &'static str,
@@ -107,6 +151,42 @@ impl DeliveryError {
 pub trait Destination: Send + Sync + 'static {
     /// Delivers once; the caller decides whether and when to retry.
     async fn deliver(&self, delivery: &Delivery) -> Result<(), DeliveryError>;
+}
+
+#[cfg(test)]
+mod s3_key_tests {
+    use super::*;
+
+    fn record(body: &str) -> Delivery {
+        Delivery {
+            target_arn: "arn:aws:s3:::failures".into(),
+            kind: DeliveryKind::Record {
+                success: false,
+                function_arn: "arn:aws:lambda:us-east-1:000000000000:function:orders:$LATEST"
+                    .into(),
+            },
+            body: body.into(),
+            request_id: "id".into(),
+            deduplication_id: "id-RetriesExhausted-on_failure".into(),
+        }
+    }
+
+    #[test]
+    fn s3_keys_follow_lambdas_layout_and_repeat_for_a_redelivery() {
+        let delivery = record(r#"{"version":"1.0","timestamp":"2019-11-14T18:16:05.568Z"}"#);
+        let key = delivery.s3_key().unwrap();
+        let prefix = "aws/lambda/async/orders/2019/11/14/2019-11-14T18.16.05-";
+        assert!(key.starts_with(prefix), "{key}");
+        assert_eq!(key.len(), prefix.len() + 36, "a UUID: {key}");
+        assert_eq!(delivery.s3_key().unwrap(), key);
+        assert!(record(r#"{"timestamp":"yesterday"}"#).s3_key().is_err());
+        assert!(
+            record(r#"{"timestamp":"2019-11-14T18:1\u00e9:05Z"}"#)
+                .s3_key()
+                .is_err()
+        );
+        assert!(record("not json").s3_key().is_err());
+    }
 }
 
 /// Which adapters `INVOQ_DESTINATIONS` names.

@@ -166,7 +166,7 @@ pub fn localstack_command(python: &Path, port: u16, state_dir: &Path) -> Command
         .env("GATEWAY_LISTEN", &listen)
         .env("GATEWAY_SERVER", "hypercorn")
         .env("LOCALSTACK_HOST", &listen)
-        .env("SERVICES", "sqs,sns,events")
+        .env("SERVICES", "sqs,sns,events,s3")
         .env("SQS_ENDPOINT_STRATEGY", "path")
         .env("DNS_ADDRESS", "0")
         .env("DISABLE_EVENTS", "1")

@@ -222,6 +222,66 @@ async fn a_megabyte_event_of_quotes_keeps_its_text_to_the_record_and_the_dlq() {
     assert_eq!(dead_letter["body"].as_str(), Some(payload.as_str()));
 }
 
+/// With the file adapters an S3 destination is a directory: one file per record, at
+/// Lambda's key layout under `destinations/s3/<bucket>/`.
+#[tokio::test]
+async fn an_s3_destination_with_file_adapters_gets_one_file_per_record() {
+    let data = data_dir();
+    let invoq = serve_scaled(data.path(), &[]);
+    let client = invoq.client();
+    create_builtin(&client, "fail", "fail").await;
+    client
+        .put_function_event_invoke_config()
+        .function_name("fail")
+        .maximum_retry_attempts(0)
+        .destination_config(
+            DestinationConfig::builder()
+                .on_failure(
+                    OnFailure::builder()
+                        .destination("arn:aws:s3:::failures")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let request_id = invoke_event(&client, "fail", r#"{"n":1}"#).await;
+    let bucket = data
+        .path()
+        .join("destinations/s3/failures/aws/lambda/async/fail");
+    for _ in 0..300 {
+        let files: Vec<_> = walk(&bucket);
+        if let [file] = files.as_slice() {
+            let record: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+            assert_eq!(record["requestContext"]["requestId"], request_id.as_str());
+            let name = file.file_name().unwrap().to_str().unwrap();
+            assert!(!name.ends_with(".partial"), "{name}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no object under {}", bucket.display());
+}
+
+/// Every file under `dir`, however deep.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn function_errors_retry_as_configured_with_one_request_id() {
     let data = data_dir();

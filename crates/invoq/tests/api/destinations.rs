@@ -227,6 +227,71 @@ async fn a_function_destination_runs_with_the_record_as_its_event() {
     );
 }
 
+/// An S3 OnFailure destination gets one object per failed event, at Lambda's key layout,
+/// holding the record; the file adapter keeps the same layout under `destinations/s3/`.
+#[tokio::test]
+async fn an_s3_on_failure_destination_gets_one_object_per_record() {
+    let aws = AwsStandIn::start();
+    let config = aws.sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket("failures").send().await.unwrap();
+    let data = data_dir();
+    let invoq = serve_invoq_on(&aws, data.path(), "0.01");
+    let client = invoq.client();
+    create_builtin(&client, "broken", "fail").await;
+    configure(
+        &client,
+        "broken",
+        0,
+        None,
+        Some("arn:aws:s3:::failures".into()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let request_id = invoke_event(&client, "broken", r#"{"order":3}"#).await;
+
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        let listed = s3
+            .list_objects_v2()
+            .bucket("failures")
+            .send()
+            .await
+            .unwrap();
+        keys = listed
+            .contents()
+            .iter()
+            .filter_map(|object| object.key().map(str::to_owned))
+            .collect();
+        if !keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("aws/lambda/async/broken/"),
+        "{}",
+        keys[0]
+    );
+    let object = s3
+        .get_object()
+        .bucket("failures")
+        .key(&keys[0])
+        .send()
+        .await
+        .unwrap();
+    let body = object.body.collect().await.unwrap().into_bytes();
+    let record: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(record["requestContext"]["requestId"], request_id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestPayload"], json!({"order": 3}));
+}
+
 #[tokio::test]
 async fn a_missing_destination_loses_nothing() {
     let aws = AwsStandIn::start();
