@@ -99,6 +99,22 @@ pub struct QueuedInvocation {
     pub chain_depth: u32,
 }
 
+/// A message that travels through invoq's queues, with its one wire form: JSON, payloads
+/// embedded as their own text ([`JsonText`]). Every producer and consumer goes through
+/// these two functions, so the form can change in one place.
+pub trait QueueMessage: Serialize + serde::de::DeserializeOwned {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("queue messages serialise")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl QueueMessage for QueuedInvocation {}
+impl QueueMessage for Outcome {}
+
 /// A JSON document kept as the text it arrived as: never parsed into values, never escaped
 /// into a string. Events and responses travel through queues and invocation records this
 /// way, so a 1 MB event is about 1 MB in every queue, and a dead-letter message carries the
@@ -370,14 +386,14 @@ mod tests {
             throttles: 0,
             chain_depth: 0,
         };
-        let encoded = serde_json::to_vec(&event).unwrap();
+        let encoded = event.encode();
         let text = String::from_utf8(encoded.clone()).unwrap();
         assert!(
             text.contains(std::str::from_utf8(payload).unwrap()),
             "{text}"
         );
         assert!(encoded.len() < payload.len() + 200);
-        let decoded: QueuedInvocation = serde_json::from_slice(&encoded).unwrap();
+        let decoded = QueuedInvocation::decode(&encoded).unwrap();
         assert_eq!(decoded.payload.as_str().as_bytes(), payload);
     }
 

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use std::time::Duration;
 
 use invoq_domain::asynchronous::{
-    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, JsonText, QueuedInvocation, now_ms,
+    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, JsonText, QueueMessage, QueuedInvocation,
+    now_ms,
 };
 use invoq_domain::limits::{CLIENT_CONTEXT_MAX_BYTES, SYNC_REQUEST_MAX_BYTES};
 use invoq_domain::recursion;
@@ -166,7 +167,7 @@ impl Frontend {
             throttles: 0,
             chain_depth,
         };
-        let body = Bytes::from(serde_json::to_vec(&event).expect("queued invocations serialise"));
+        let body = Bytes::from(event.encode());
         let item = QueueItem {
             id: request_id.to_owned(),
             body,

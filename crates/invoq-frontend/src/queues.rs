@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use invoq_domain::ApiError;
-use invoq_domain::asynchronous::Outcome;
+use invoq_domain::asynchronous::{Outcome, QueueMessage};
 use invoq_queue::{DELIVERIES, PARKED, PeekLimit, QueueItem};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -73,11 +73,11 @@ pub(crate) async fn redrive_parked(State(frontend): State<Arc<Frontend>>) -> Api
             break;
         }
         for lease in leases {
-            let body = match serde_json::from_slice::<Outcome>(&lease.item.body) {
+            let body = match Outcome::decode(&lease.item.body) {
                 Ok(mut outcome) => {
                     outcome.delivery.failed_attempts = 0;
                     outcome.delivery.last_error = None;
-                    Bytes::from(serde_json::to_vec(&outcome).expect("outcomes serialise"))
+                    Bytes::from(outcome.encode())
                 }
                 Err(_) => lease.item.body.clone(),
             };

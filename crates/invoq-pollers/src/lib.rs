@@ -28,7 +28,8 @@ use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    Condition, Destinations, FunctionResponse, InvocationRecord, JsonText, Outcome, RequestContext,
+    Condition, Destinations, FunctionResponse, InvocationRecord, JsonText, Outcome, QueueMessage,
+    RequestContext,
 };
 use invoq_domain::event_source::{DEFAULT_SQS_MAXIMUM_RETRY_ATTEMPTS, EventSourceMapping};
 use invoq_frontend::EventSourceChecker;
@@ -310,7 +311,7 @@ impl Pollers {
             chain_depth: 0,
             delivery: Default::default(),
         };
-        let body = Bytes::from(serde_json::to_vec(&outcome).expect("outcomes serialise"));
+        let body = Bytes::from(outcome.encode());
         match self
             .queue
             .enqueue(

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use invoq_destinations::{Delivery, DeliveryKind, Destination};
 use invoq_domain::arn::Service;
 use invoq_domain::asynchronous::{
-    Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome, doubling_backoff,
+    Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome, QueueMessage, doubling_backoff,
 };
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem, while_leased};
 
@@ -201,7 +201,7 @@ impl Router {
 
     /// Sends the outcome to every target it has not reached yet; says what becomes of it.
     async fn round(&self, lease: &Lease) -> RoundEnd {
-        let mut outcome: Outcome = match serde_json::from_slice(&lease.item.body) {
+        let mut outcome = match Outcome::decode(&lease.item.body) {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::error!(%error, id = %lease.item.id, "unreadable outcome parked");
@@ -253,7 +253,7 @@ impl Router {
         }
         outcome.delivery.failed_attempts += 1;
         outcome.delivery.last_error = Some(failures.join("; "));
-        let body = Bytes::from(serde_json::to_vec(&outcome).expect("outcomes serialise"));
+        let body = Bytes::from(outcome.encode());
         if outcome.delivery.failed_attempts >= self.config.max_attempts {
             self.metrics.parked.fetch_add(1, Ordering::Relaxed);
             tracing::error!(request_id = %lease.item.id, "delivery gave up; outcome parked");

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use invoq_destinations::memory::{FaultInjecting, MemoryDestinations};
 use invoq_destinations::{DeliveryKind, Destination};
 use invoq_domain::asynchronous::{
-    Condition, Destinations, InvocationRecord, JsonText, Outcome, RequestContext, ResponseContext,
+    Condition, Destinations, InvocationRecord, JsonText, Outcome, QueueMessage, RequestContext,
+    ResponseContext,
 };
 use invoq_queue::{DELIVERIES, EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PARKED, QueueItem};
 use invoq_router::{AsyncInvoker, Router, RouterConfig};
@@ -98,7 +99,7 @@ fn setup(max_attempts: u32) -> Setup {
 
 async fn enqueue(queue: &Arc<dyn EventQueue>, outcome: &Outcome) {
     let id = outcome.record.request_context.request_id.clone();
-    let body = Bytes::from(serde_json::to_vec(outcome).unwrap());
+    let body = Bytes::from(outcome.encode());
     queue
         .enqueue(DELIVERIES, QueueItem { id, body }, Duration::ZERO)
         .await
@@ -256,7 +257,7 @@ async fn undeliverable_outcomes_are_parked_with_their_progress() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    let parked: Outcome = serde_json::from_slice(&parked[0].body).unwrap();
+    let parked = Outcome::decode(&parked[0].body).unwrap();
     assert_eq!(parked.delivery.failed_attempts, 3);
     assert!(
         parked

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    AsyncSettings, Condition, FunctionResponse, InvocationRecord, Outcome, QueuedInvocation,
-    RequestContext, now_ms,
+    AsyncSettings, Condition, FunctionResponse, InvocationRecord, Outcome, QueueMessage,
+    QueuedInvocation, RequestContext, now_ms,
 };
 use invoq_domain::recursion;
 use invoq_queue::{
@@ -245,7 +245,7 @@ impl Worker {
             Settlement::Retry { event, delay } => {
                 let item = QueueItem {
                     id: event.request_id.clone(),
-                    body: to_json(&event),
+                    body: Bytes::from(event.encode()),
                 };
                 match self
                     .queue
@@ -266,7 +266,7 @@ impl Worker {
 
     /// One attempt, up to the decision of what to do with the event.
     async fn attempt(&self, lease: &Lease) -> Settlement {
-        let mut event: QueuedInvocation = match serde_json::from_slice(&lease.item.body) {
+        let mut event = match QueuedInvocation::decode(&lease.item.body) {
             Ok(event) => event,
             Err(error) => {
                 // Nothing can ever run it; keep it out of the way of the rest.
@@ -396,7 +396,7 @@ impl Worker {
     async fn hand_over(&self, lease: &Lease, outcome: &Outcome) -> Result<(), QueueError> {
         let item = QueueItem {
             id: outcome.record.request_context.request_id.clone(),
-            body: to_json(outcome),
+            body: Bytes::from(outcome.encode()),
         };
         self.queue
             .settle_and_enqueue(lease, DELIVERIES, item, Duration::ZERO)
@@ -457,10 +457,6 @@ fn error_message(payload: &[u8]) -> Option<String> {
     serde_json::from_slice::<FunctionError>(payload)
         .ok()?
         .error_message
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("outcomes serialise"))
 }
 
 /// One step of an event's life, for `invoq bench` and other tracers: a TRACE event on the
