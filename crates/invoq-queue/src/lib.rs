@@ -19,6 +19,7 @@ mod consumer;
 mod embedded;
 pub mod grpc;
 mod heartbeat;
+mod payload_bucket;
 mod sqs;
 
 use std::time::Duration;
@@ -29,6 +30,7 @@ use bytes::Bytes;
 pub use consumer::consume;
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 pub use heartbeat::{Heartbeat, while_leased};
+pub use payload_bucket::PayloadBucket;
 pub use sqs::{
     DEFAULT_MAX_MESSAGE_BYTES as SQS_DEFAULT_MAX_MESSAGE_BYTES, SqsQueue, SqsQueueOptions,
 };

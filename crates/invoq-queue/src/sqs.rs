@@ -51,11 +51,18 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{EventQueue, Lease, PeekLimit, QueueError, QueueItem, QueueStats, now_ms};
+use crate::{
+    EventQueue, Lease, PayloadBucket, PeekLimit, QueueError, QueueItem, QueueStats, now_ms,
+};
 
 const ID_ATTRIBUTE: &str = "invoq-id";
 const VISIBLE_AT_ATTRIBUTE: &str = "invoq-visible-at";
 const ENCODING_ATTRIBUTE: &str = "invoq-body-encoding";
+/// Set on a message whose body is in the payload bucket: the bucket's name (the body is the
+/// object's key).
+const OBJECT_ATTRIBUTE: &str = "invoq-body-object";
+/// Room left for attributes when deciding whether a body fits in a message.
+const ATTRIBUTE_ALLOWANCE: usize = 1024;
 /// The longest visibility timeout SQS accepts.
 const MAX_VISIBILITY_SECONDS: i32 = 12 * 60 * 60;
 /// The longest long poll SQS accepts.
@@ -104,6 +111,8 @@ pub struct SqsQueue {
     /// Held while a queue's URL is looked up (or the queue created), so that the first burst
     /// of calls for a queue makes one lookup, not one each.
     resolving: tokio::sync::Mutex<()>,
+    /// Where bodies too large for a message go; without one they are refused as too large.
+    payloads: Option<PayloadBucket>,
 }
 
 /// One SQS queue: its URL, its batchers and the depth last seen.
@@ -126,6 +135,8 @@ struct Outgoing {
     deduplication_id: String,
     /// Whether the body goes as it is (SQS takes it as text) or base64-encoded.
     as_text: bool,
+    /// The payload bucket holding the real body, when the body is an object key.
+    object: Option<String>,
 }
 
 impl Outgoing {
@@ -145,6 +156,9 @@ impl Outgoing {
         }
         if !self.as_text {
             size += attribute(ENCODING_ATTRIBUTE, "String", "base64".len());
+        }
+        if let Some(bucket) = &self.object {
+            size += attribute(OBJECT_ATTRIBUTE, "String", bucket.len());
         }
         size
     }
@@ -171,7 +185,65 @@ impl SqsQueue {
             options,
             queues: Mutex::new(HashMap::new()),
             resolving: tokio::sync::Mutex::new(()),
+            payloads: None,
         })
+    }
+
+    /// Keeps bodies too large for one message in `bucket` instead of refusing them.
+    pub fn with_payload_bucket(mut self, bucket: PayloadBucket) -> Self {
+        self.payloads = Some(bucket);
+        self
+    }
+
+    /// `item` as it goes into a message: as it is if it fits, else (with a payload bucket)
+    /// its body stored as an object and the message pointing at it.
+    async fn offload(
+        &self,
+        handle: &SqsQueueHandle,
+        item: QueueItem,
+        deduplication_id: &str,
+    ) -> Result<(QueueItem, Option<String>), QueueError> {
+        let Some(bucket) = &self.payloads else {
+            return Ok((item, None));
+        };
+        let text = std::str::from_utf8(&item.body).is_ok_and(|text| text.chars().all(sqs_allows));
+        let body_size = if text {
+            item.body.len()
+        } else {
+            item.body.len().div_ceil(3) * 4
+        };
+        if body_size + ATTRIBUTE_ALLOWANCE <= handle.max_message_bytes {
+            return Ok((item, None));
+        }
+        let key = format!("{}/{deduplication_id}", handle.name);
+        bucket.put(&key, item.body).await?;
+        let pointer = QueueItem {
+            id: item.id,
+            body: Bytes::from(key.clone()),
+        };
+        Ok((pointer, Some(bucket.name().to_owned())))
+    }
+
+    /// A received message's body, fetched from the payload bucket if it is kept there.
+    async fn fetch_body(&self, lease: &mut Lease) -> Result<(), QueueError> {
+        let Some(key) = object_of(lease) else {
+            return Ok(());
+        };
+        let bucket = self.payloads.as_ref().ok_or_else(|| {
+            QueueError::Storage(format!(
+                "message {} keeps its body in S3, and no payload bucket is configured",
+                lease.item.id
+            ))
+        })?;
+        lease.item.body = bucket.get(key).await?;
+        Ok(())
+    }
+
+    /// After a message is deleted: its body's object goes too.
+    async fn forget_body(&self, lease: &Lease) {
+        if let (Some(key), Some(bucket)) = (object_of(lease), &self.payloads) {
+            bucket.delete(key).await;
+        }
     }
 
     async fn queue(&self, queue: &str) -> Result<Arc<SqsQueueHandle>, QueueError> {
@@ -325,7 +397,8 @@ impl EventQueue for SqsQueue {
         }
         // A resent enqueue (the same item, after a timeout) is deduplicated by SQS.
         let deduplication_id = digest(&[b"enqueue", item.id.as_bytes(), &item.body]);
-        handle.send(item, delay, deduplication_id).await?;
+        let (item, object) = self.offload(&handle, item, &deduplication_id).await?;
+        handle.send(item, delay, deduplication_id, object).await?;
         if let Some((_, depth)) = handle.depth.lock().expect("depth poisoned").as_mut() {
             *depth += 1;
         }
@@ -357,10 +430,13 @@ impl EventQueue for SqsQueue {
             let received = messages.len();
             let now = now_ms();
             for message in messages {
-                let (lease, visible_at_ms) = decode(queue, message)?;
+                let (mut lease, visible_at_ms) = decode(queue, message)?;
                 match visible_at_ms {
                     Some(due) if due > now => handle.hide_until_due(&lease, due - now),
-                    _ => leases.push(lease),
+                    _ => {
+                        self.fetch_body(&mut lease).await?;
+                        leases.push(lease);
+                    }
                 }
             }
             if received == wanted {
@@ -387,7 +463,9 @@ impl EventQueue for SqsQueue {
 
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
         let handle = self.queue(&lease.queue).await?;
-        handle.delete(lease).await
+        handle.delete(lease).await?;
+        self.forget_body(lease).await;
+        Ok(())
     }
 
     async fn nack(&self, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
@@ -415,8 +493,15 @@ impl EventQueue for SqsQueue {
             message_id.as_bytes(),
             target_handle.name.as_bytes(),
         ]);
-        target_handle.send(item, delay, deduplication_id).await?;
-        source.delete(lease).await
+        let (item, object) = self
+            .offload(&target_handle, item, &deduplication_id)
+            .await?;
+        target_handle
+            .send(item, delay, deduplication_id, object)
+            .await?;
+        source.delete(lease).await?;
+        self.forget_body(lease).await;
+        Ok(())
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
@@ -433,10 +518,11 @@ impl EventQueue for SqsQueue {
         'rounds: for _ in 0..limit.items.div_ceil(MAX_BATCH_ENTRIES).max(1) {
             let mut new = 0;
             for message in self.receive(&handle, MAX_BATCH_ENTRIES, 0, 0).await? {
-                let (lease, _) = decode(queue, message)?;
+                let (mut lease, _) = decode(queue, message)?;
                 if items.iter().any(|seen| seen.id == lease.item.id) {
                     continue;
                 }
+                self.fetch_body(&mut lease).await?;
                 if !limit.admits(items.len(), bytes, lease.item.body.len()) {
                     break 'rounds;
                 }
@@ -492,6 +578,7 @@ impl SqsQueueHandle {
         item: QueueItem,
         delay: Duration,
         deduplication_id: String,
+        object: Option<String>,
     ) -> Result<(), QueueError> {
         let visible_at_ms = (!delay.is_zero()).then(|| now_ms() + delay.as_millis() as u64);
         let as_text =
@@ -501,6 +588,7 @@ impl SqsQueueHandle {
             visible_at_ms,
             deduplication_id,
             as_text,
+            object,
         };
         let size = outgoing.size();
         if size > self.max_message_bytes {
@@ -670,6 +758,7 @@ fn encode((index, outgoing): (usize, Outgoing)) -> SendMessageBatchRequestEntry 
         visible_at_ms,
         deduplication_id,
         as_text,
+        object,
     } = outgoing;
     let string = |value: String| {
         MessageAttributeValue::builder()
@@ -698,6 +787,9 @@ fn encode((index, outgoing): (usize, Outgoing)) -> SendMessageBatchRequestEntry 
                 .build()
                 .expect("data type is set"),
         );
+    }
+    if let Some(bucket) = object {
+        entry = entry.message_attributes(OBJECT_ATTRIBUTE, string(bucket));
     }
     if !as_text {
         entry = entry.message_attributes(ENCODING_ATTRIBUTE, string("base64".into()));
@@ -734,6 +826,14 @@ fn decode(queue: &str, mut message: Message) -> Result<(Lease, Option<u64>), Que
     } else {
         Bytes::from(body)
     };
+    // A body kept in the payload bucket: its key rides in the receipt, for the delete.
+    let receipt = match attribute(OBJECT_ATTRIBUTE) {
+        Some(_) => format!(
+            "{message_id} {receipt_handle} {}",
+            String::from_utf8_lossy(&body)
+        ),
+        None => format!("{message_id} {receipt_handle}"),
+    };
     let lease = Lease {
         queue: queue.to_owned(),
         item: QueueItem {
@@ -741,7 +841,7 @@ fn decode(queue: &str, mut message: Message) -> Result<(Lease, Option<u64>), Que
             id: attribute(ID_ATTRIBUTE).unwrap_or_else(|| message_id.clone()),
             body,
         },
-        receipt: format!("{message_id} {receipt_handle}"),
+        receipt,
         receive_count: system(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1)
             as u32,
         enqueued_at_ms: system(MessageSystemAttributeName::SentTimestamp).unwrap_or_else(now_ms),
@@ -752,12 +852,18 @@ fn decode(queue: &str, mut message: Message) -> Result<(Lease, Option<u64>), Que
 
 /// The message id and receipt handle of a lease of this backend.
 fn split_receipt(lease: &Lease) -> Result<(&str, &str), QueueError> {
-    lease
-        .receipt
-        .split_once(' ')
-        .ok_or_else(|| QueueError::LeaseLost {
+    let mut parts = lease.receipt.split(' ');
+    match (parts.next(), parts.next()) {
+        (Some(message_id), Some(receipt_handle)) => Ok((message_id, receipt_handle)),
+        _ => Err(QueueError::LeaseLost {
             receipt: lease.receipt.clone(),
-        })
+        }),
+    }
+}
+
+/// The payload bucket key of a lease whose body is kept there.
+fn object_of(lease: &Lease) -> Option<&str> {
+    lease.receipt.split(' ').nth(2)
 }
 
 /// Characters SQS accepts in a message body.

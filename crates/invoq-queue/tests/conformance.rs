@@ -15,8 +15,8 @@ use bytes::Bytes;
 use invoq_proto::bearer::{GrpcToken, RequireToken};
 use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{
-    EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PeekLimit, QueueError, QueueItem, SqsQueue,
-    SqsQueueOptions,
+    EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PayloadBucket, PeekLimit, QueueError,
+    QueueItem, SqsQueue, SqsQueueOptions,
 };
 use invoq_testkit::AwsStandIn;
 use tonic::service::interceptor::InterceptedService;
@@ -400,6 +400,84 @@ async fn sqs_refuses_items_over_its_message_size_before_sending() {
         "{refused:?}"
     );
     assert_eq!(queue.stats(OUT).await.unwrap().depth, 0);
+}
+
+/// With a payload bucket, bodies too large for a message go to S3 (the extended-client
+/// pattern): leases, hand-offs and peeks see the whole body, and the objects go with their
+/// messages.
+#[tokio::test]
+async fn sqs_keeps_bodies_too_large_for_a_message_in_the_payload_bucket() {
+    let stand_in = tokio::task::spawn_blocking(AwsStandIn::start)
+        .await
+        .unwrap();
+    let config = stand_in.sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("large-bodies")
+        .send()
+        .await
+        .unwrap();
+    let options = SqsQueueOptions {
+        prefix: format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        max_message_bytes: 4096,
+        ..SqsQueueOptions::default()
+    };
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&config), options)
+        .unwrap()
+        .with_payload_bucket(PayloadBucket::new(s3.clone(), "large-bodies"));
+    let objects = || async {
+        s3.list_objects_v2()
+            .bucket("large-bodies")
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .len()
+    };
+    let large = QueueItem {
+        id: "large".into(),
+        body: Bytes::from((0..20_000u32).map(|n| (n % 251) as u8).collect::<Vec<u8>>()),
+    };
+    let small = item("small");
+    queue.enqueue(Q, large.clone(), NO_WAIT).await.unwrap();
+    queue.enqueue(Q, small.clone(), NO_WAIT).await.unwrap();
+    assert_eq!(objects().await, 1, "only the large body is an object");
+    let peeked = queue.peek(Q, PeekLimit::items(10)).await.unwrap();
+    assert!(peeked.contains(&large), "peek shows the whole body");
+
+    let leases = queue
+        .lease(Q, 10, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let leased = |id: &str| leases.iter().find(|lease| lease.item.id == id).unwrap();
+    assert_eq!(leased("large").item, large);
+    assert_eq!(leased("small").item, small);
+    let outcome = QueueItem {
+        id: "large".into(),
+        body: Bytes::from("o".repeat(9_000)),
+    };
+    queue
+        .settle_and_enqueue(leased("large"), OUT, outcome.clone(), NO_WAIT)
+        .await
+        .unwrap();
+    queue.ack(leased("small")).await.unwrap();
+    let handed = queue
+        .lease(OUT, 10, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(handed.len(), 1);
+    assert_eq!(handed[0].item, outcome);
+    assert_eq!(
+        objects().await,
+        1,
+        "the event's object went with its message"
+    );
+    queue.ack(&handed[0]).await.unwrap();
+    assert_eq!(objects().await, 0);
 }
 
 #[tokio::test]

@@ -21,7 +21,9 @@ use invoq_proto::v1::queue_server::QueueServer;
 use invoq_proto::v1::registry_server::RegistryServer;
 use invoq_proto::v1::runtime_server::RuntimeServer;
 use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
-use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue, SqsQueue, SqsQueueOptions};
+use invoq_queue::{
+    EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PayloadBucket, SqsQueue, SqsQueueOptions,
+};
 use invoq_router::{AsyncInvoker, Router, RouterConfig};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
 use invoq_runtime::{
@@ -388,6 +390,10 @@ struct QueueArgs {
     /// (up to 1048576 where SQS allows it). Event invokes too large for it get 413.
     #[arg(long, env = "INVOQ_SQS_MAX_MESSAGE_BYTES", default_value_t = invoq_queue::SQS_DEFAULT_MAX_MESSAGE_BYTES)]
     sqs_max_message_bytes: usize,
+    /// SQS backend: an S3 bucket for bodies larger than a message (the extended-client
+    /// pattern). Without one, Event invokes too large for a message get 413.
+    #[arg(long, env = "INVOQ_SQS_PAYLOAD_BUCKET")]
+    sqs_payload_bucket: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -437,10 +443,18 @@ impl QueueArgs {
             max_message_bytes: self.sqs_max_message_bytes,
             ..SqsQueueOptions::default()
         };
-        Ok(Arc::new(SqsQueue::new(
-            aws_sdk_sqs::Client::new(aws),
-            options,
-        )?))
+        let mut queue = SqsQueue::new(aws_sdk_sqs::Client::new(aws), options)?;
+        if let Some(bucket) = &self.sqs_payload_bucket {
+            // Path-style where an endpoint is set: `bucket.127.0.0.1` is no host.
+            let s3 = aws_sdk_s3::config::Builder::from(aws)
+                .force_path_style(aws.endpoint_url().is_some())
+                .build();
+            queue = queue.with_payload_bucket(PayloadBucket::new(
+                aws_sdk_s3::Client::from_conf(s3),
+                bucket.clone(),
+            ));
+        }
+        Ok(Arc::new(queue))
     }
 }
 

@@ -271,3 +271,53 @@ async fn on_sqs_an_event_too_large_to_store_gets_413_and_a_large_outcome_is_trim
     }
     panic!("no outcome for {request_id}");
 }
+
+/// With `INVOQ_SQS_PAYLOAD_BUCKET`, the SQS backend takes Lambda's full 1 MB Event payload:
+/// bodies too large for a message are kept in S3, and the event runs to its record.
+#[tokio::test]
+async fn on_sqs_with_a_payload_bucket_a_megabyte_event_runs() {
+    let aws = AwsStandIn::start();
+    let config = aws.sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("invoq-bodies")
+        .send()
+        .await
+        .unwrap();
+    let mut env = aws.env();
+    env.extend([
+        ("INVOQ_QUEUE", "sqs".to_owned()),
+        (
+            "INVOQ_SQS_QUEUE_PREFIX",
+            format!("b{}-", std::process::id()),
+        ),
+        ("INVOQ_SQS_PAYLOAD_BUCKET", "invoq-bodies".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let data = data_dir();
+    let invoq = Invoq::serve_with(data.path(), &env);
+    let client = invoq.client();
+    create_echo_with_outcomes(&client).await;
+    let payload = format!(r#"{{"pad":"{}"}}"#, "m".repeat(1_040_000));
+    let request_id = invoke_event(&client, "echo", &payload).await;
+    let path = data.path().join("destinations/sqs/outcomes.jsonl");
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["requestContext"]["requestId"], request_id.as_str());
+            assert_eq!(record["requestContext"]["condition"], "Success");
+            assert_eq!(
+                record["requestPayload"]["pad"].as_str().map(str::len),
+                Some(1_040_000)
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no outcome for {request_id}");
+}
