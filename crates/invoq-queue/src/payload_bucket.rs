@@ -43,21 +43,28 @@ impl PayloadBucket {
             .map_err(|error| s3_error("put", key, error))
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Bytes, QueueError> {
-        let object = self
+    /// The body kept at `key`; `None` if the object is gone (its message was settled).
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, QueueError> {
+        let object = match self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|error| s3_error("get", key, error))?;
+        {
+            Ok(object) => object,
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(s3_error("get", key, error)),
+        };
         let body = object
             .body
             .collect()
             .await
             .map_err(|error| QueueError::Storage(format!("S3 get {key}: {error}")))?;
-        Ok(body.into_bytes())
+        Ok(Some(body.into_bytes()))
     }
 
     /// Best effort: an object left behind costs storage, never correctness.

@@ -225,18 +225,32 @@ impl SqsQueue {
     }
 
     /// A received message's body, fetched from the payload bucket if it is kept there.
-    async fn fetch_body(&self, lease: &mut Lease) -> Result<(), QueueError> {
+    /// `false` if the message cannot be handed out: its object is gone (a copy of it was
+    /// settled already, so the message is deleted too) or cannot be read now (the message
+    /// comes back after its visibility timeout). One such message never fails the others.
+    async fn fetch_body(&self, handle: &SqsQueueHandle, lease: &mut Lease) -> bool {
         let Some(key) = object_of(lease) else {
-            return Ok(());
+            return true;
         };
-        let bucket = self.payloads.as_ref().ok_or_else(|| {
-            QueueError::Storage(format!(
-                "message {} keeps its body in S3, and no payload bucket is configured",
-                lease.item.id
-            ))
-        })?;
-        lease.item.body = bucket.get(key).await?;
-        Ok(())
+        let Some(bucket) = &self.payloads else {
+            tracing::warn!(id = %lease.item.id, "a message keeps its body in S3, and no payload bucket is configured");
+            return false;
+        };
+        match bucket.get(key).await {
+            Ok(Some(body)) => {
+                lease.item.body = body;
+                true
+            }
+            Ok(None) => {
+                tracing::warn!(id = %lease.item.id, key, "a message's body object is gone; the message was settled before");
+                let _ = handle.delete(lease).await;
+                false
+            }
+            Err(error) => {
+                tracing::warn!(id = %lease.item.id, %error, "cannot read a message's body object");
+                false
+            }
+        }
     }
 
     /// After a message is deleted: its body's object goes too.
@@ -434,8 +448,9 @@ impl EventQueue for SqsQueue {
                 match visible_at_ms {
                     Some(due) if due > now => handle.hide_until_due(&lease, due - now),
                     _ => {
-                        self.fetch_body(&mut lease).await?;
-                        leases.push(lease);
+                        if self.fetch_body(&handle, &mut lease).await {
+                            leases.push(lease);
+                        }
                     }
                 }
             }
@@ -522,7 +537,9 @@ impl EventQueue for SqsQueue {
                 if items.iter().any(|seen| seen.id == lease.item.id) {
                     continue;
                 }
-                self.fetch_body(&mut lease).await?;
+                if !self.fetch_body(&handle, &mut lease).await {
+                    continue;
+                }
                 if !limit.admits(items.len(), bytes, lease.item.body.len()) {
                     break 'rounds;
                 }

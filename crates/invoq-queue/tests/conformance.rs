@@ -478,6 +478,40 @@ async fn sqs_keeps_bodies_too_large_for_a_message_in_the_payload_bucket() {
     );
     queue.ack(&handed[0]).await.unwrap();
     assert_eq!(objects().await, 0);
+
+    // A message whose object is gone (its copy was settled) is dropped, not handed out, and
+    // does not keep the others from being leased.
+    queue
+        .enqueue(
+            Q,
+            QueueItem {
+                id: "orphan".into(),
+                ..large.clone()
+            },
+            NO_WAIT,
+        )
+        .await
+        .unwrap();
+    queue.enqueue(Q, item("other"), NO_WAIT).await.unwrap();
+    let listed = s3
+        .list_objects_v2()
+        .bucket("large-bodies")
+        .send()
+        .await
+        .unwrap();
+    for object in listed.contents() {
+        s3.delete_object()
+            .bucket("large-bodies")
+            .key(object.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    let leases = queue
+        .lease(Q, 10, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ids(&leases), ["other"]);
 }
 
 #[tokio::test]
