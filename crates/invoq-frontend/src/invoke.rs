@@ -81,12 +81,18 @@ impl Frontend {
             }
         };
         let payload = read_payload(body, SYNC_REQUEST_MAX_BYTES, "InvokeFunction").await?;
+        // The payload must be JSON; an Event's is kept as the text checked, in one pass.
+        let event = if invocation_type == InvocationType::Event {
+            Some(parse_event(&payload)?)
+        } else {
+            validate_json(&payload)?;
+            None
+        };
         let client_context = client_context(headers)?;
         let trace_header = header(headers, "x-amzn-trace-id");
         let chain_depth = recursion::chain_depth(trace_header);
 
         if invocation_type == InvocationType::DryRun {
-            validate_json(&payload)?;
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         check_active(&record)?;
@@ -96,7 +102,7 @@ impl Frontend {
                 .qualified_function_arn(&record.name, &qualifier.to_string()),
             None => self.location.function_arn(&record.name),
         };
-        if invocation_type == InvocationType::Event {
+        if let Some(event) = event {
             if payload.len() > EVENT_PAYLOAD_MAX_BYTES {
                 return Err(ApiError::new(
                     ErrorCode::RequestEntityTooLarge,
@@ -108,7 +114,6 @@ impl Frontend {
                 )
                 .into());
             }
-            let event = parse_event(&payload)?;
             self.accept_event(
                 request_id,
                 &record.name,
@@ -119,7 +124,6 @@ impl Frontend {
             .await?;
             return Ok(StatusCode::ACCEPTED.into_response());
         }
-        validate_json(&payload)?;
         if record.recursive_loop.stops(chain_depth) {
             Metrics::count(&self.metrics.recursive_invocations_dropped);
             return Err(ApiError::new(
