@@ -24,9 +24,7 @@ const FAILURE_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Failure";
 
 pub struct AwsDestinations {
     config: SdkConfig,
-    /// S3 bucket ARNs name no region: one client, in the configured region, path-style
-    /// addressing where an endpoint is set (LocalStack, moto), since `bucket.127.0.0.1` is
-    /// no host.
+    /// S3 bucket ARNs name no region: one client, in the configured region.
     s3: aws_sdk_s3::Client,
     clients: Mutex<HashMap<String, RegionClients>>,
     /// Queue URLs by queue ARN.
@@ -42,11 +40,8 @@ struct RegionClients {
 
 impl AwsDestinations {
     pub fn new(config: SdkConfig) -> Self {
-        let s3 = aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(config.endpoint_url().is_some())
-            .build();
         AwsDestinations {
-            s3: aws_sdk_s3::Client::from_conf(s3),
+            s3: s3_client(&config),
             config,
             clients: Mutex::new(HashMap::new()),
             queue_urls: Mutex::new(HashMap::new()),
@@ -236,6 +231,15 @@ impl Destination for AwsDestinations {
             Service::Lambda => Err(DeliveryError::Unsupported(target.clone())),
         }
     }
+}
+
+/// An S3 client for `config`, with path-style addressing where an endpoint is set
+/// (LocalStack, moto), since `bucket.127.0.0.1` is no host.
+pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let s3 = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(config.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
 }
 
 /// The standard AWS environment (endpoint, credentials) for clients that take each call's

@@ -263,19 +263,23 @@ impl InvocationRecord {
     /// drops payloads from records too large for their destination. The condition, request
     /// id and function always stay.
     pub fn to_json_within(&self, limit: Option<usize>) -> String {
-        let json = serde_json::to_string(self).expect("records serialise");
+        let mut json = serde_json::to_string(self).expect("records serialise");
         let Some(limit) = limit else { return json };
-        if json.len() <= limit {
-            return json;
+        let mut trimmed = None;
+        while json.len() > limit {
+            let record = trimmed.get_or_insert_with(|| self.clone());
+            if !record.drop_a_payload() {
+                break;
+            }
+            json = serde_json::to_string(record).expect("records serialise");
         }
-        let mut trimmed = self.clone();
-        trimmed.response_payload = None;
-        let json = serde_json::to_string(&trimmed).expect("records serialise");
-        if json.len() <= limit {
-            return json;
-        }
-        trimmed.request_payload = None;
-        serde_json::to_string(&trimmed).expect("records serialise")
+        json
+    }
+
+    /// Leaves out the next payload for a record too large for where it goes: the response
+    /// first, then the request. `false` when there is none left to drop.
+    pub fn drop_a_payload(&mut self) -> bool {
+        self.response_payload.take().is_some() || self.request_payload.take().is_some()
     }
 }
 

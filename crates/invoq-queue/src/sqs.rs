@@ -61,8 +61,6 @@ const ENCODING_ATTRIBUTE: &str = "invoq-body-encoding";
 /// Set on a message whose body is in the payload bucket: the bucket's name (the body is the
 /// object's key).
 const OBJECT_ATTRIBUTE: &str = "invoq-body-object";
-/// Room left for attributes when deciding whether a body fits in a message.
-const ATTRIBUTE_ALLOWANCE: usize = 1024;
 /// The longest visibility timeout SQS accepts.
 const MAX_VISIBILITY_SECONDS: i32 = 12 * 60 * 60;
 /// The longest long poll SQS accepts.
@@ -140,6 +138,18 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    fn new(item: QueueItem, delay: Duration, deduplication_id: String) -> Self {
+        let as_text =
+            std::str::from_utf8(&item.body).is_ok_and(|text| text.chars().all(sqs_allows));
+        Outgoing {
+            item,
+            visible_at_ms: (!delay.is_zero()).then(|| now_ms() + delay.as_millis() as u64),
+            deduplication_id,
+            as_text,
+            object: None,
+        }
+    }
+
     /// The size SQS counts against its limit: the body as sent and every attribute's name,
     /// type and value.
     fn size(&self) -> usize {
@@ -195,33 +205,26 @@ impl SqsQueue {
         self
     }
 
-    /// `item` as it goes into a message: as it is if it fits, else (with a payload bucket)
-    /// its body stored as an object and the message pointing at it.
+    /// A message too large for SQS, with a payload bucket: its body is stored as an object
+    /// and the message carries the key instead. Anything else is left as it is (and refused
+    /// as too large when sent, without a bucket).
     async fn offload(
         &self,
         handle: &SqsQueueHandle,
-        item: QueueItem,
-        deduplication_id: &str,
-    ) -> Result<(QueueItem, Option<String>), QueueError> {
+        outgoing: &mut Outgoing,
+    ) -> Result<(), QueueError> {
         let Some(bucket) = &self.payloads else {
-            return Ok((item, None));
+            return Ok(());
         };
-        let text = std::str::from_utf8(&item.body).is_ok_and(|text| text.chars().all(sqs_allows));
-        let body_size = if text {
-            item.body.len()
-        } else {
-            item.body.len().div_ceil(3) * 4
-        };
-        if body_size + ATTRIBUTE_ALLOWANCE <= handle.max_message_bytes {
-            return Ok((item, None));
+        if outgoing.size() <= handle.max_message_bytes {
+            return Ok(());
         }
-        let key = format!("{}/{deduplication_id}", handle.name);
-        bucket.put(&key, item.body).await?;
-        let pointer = QueueItem {
-            id: item.id,
-            body: Bytes::from(key.clone()),
-        };
-        Ok((pointer, Some(bucket.name().to_owned())))
+        let key = format!("{}/{}", handle.name, outgoing.deduplication_id);
+        let body = std::mem::replace(&mut outgoing.item.body, Bytes::from(key.clone()));
+        bucket.put(&key, body).await?;
+        outgoing.as_text = true;
+        outgoing.object = Some(bucket.name().to_owned());
+        Ok(())
     }
 
     /// A received message's body, fetched from the payload bucket if it is kept there.
@@ -411,8 +414,9 @@ impl EventQueue for SqsQueue {
         }
         // A resent enqueue (the same item, after a timeout) is deduplicated by SQS.
         let deduplication_id = digest(&[b"enqueue", item.id.as_bytes(), &item.body]);
-        let (item, object) = self.offload(&handle, item, &deduplication_id).await?;
-        handle.send(item, delay, deduplication_id, object).await?;
+        let mut outgoing = Outgoing::new(item, delay, deduplication_id);
+        self.offload(&handle, &mut outgoing).await?;
+        handle.send(outgoing).await?;
         if let Some((_, depth)) = handle.depth.lock().expect("depth poisoned").as_mut() {
             *depth += 1;
         }
@@ -508,12 +512,9 @@ impl EventQueue for SqsQueue {
             message_id.as_bytes(),
             target_handle.name.as_bytes(),
         ]);
-        let (item, object) = self
-            .offload(&target_handle, item, &deduplication_id)
-            .await?;
-        target_handle
-            .send(item, delay, deduplication_id, object)
-            .await?;
+        let mut outgoing = Outgoing::new(item, delay, deduplication_id);
+        self.offload(&target_handle, &mut outgoing).await?;
+        target_handle.send(outgoing).await?;
         source.delete(lease).await?;
         self.forget_body(lease).await;
         Ok(())
@@ -590,23 +591,9 @@ impl SqsQueueHandle {
         }
     }
 
-    async fn send(
-        &self,
-        item: QueueItem,
-        delay: Duration,
-        deduplication_id: String,
-        object: Option<String>,
-    ) -> Result<(), QueueError> {
-        let visible_at_ms = (!delay.is_zero()).then(|| now_ms() + delay.as_millis() as u64);
-        let as_text =
-            std::str::from_utf8(&item.body).is_ok_and(|text| text.chars().all(sqs_allows));
-        let outgoing = Outgoing {
-            item,
-            visible_at_ms,
-            deduplication_id,
-            as_text,
-            object,
-        };
+    /// Sends a message, refused with [`QueueError::TooLarge`] before any call if SQS would
+    /// refuse it for its size.
+    async fn send(&self, outgoing: Outgoing) -> Result<(), QueueError> {
         let size = outgoing.size();
         if size > self.max_message_bytes {
             return Err(QueueError::TooLarge {

@@ -374,13 +374,11 @@ impl Worker {
     ) {
         let mut outcome = outcome(event, target, condition, response);
         let mut settled = self.hand_over(lease, &outcome).await;
-        for trim in [trim_response, trim_request] {
-            let Err(QueueError::TooLarge { size, limit }) = settled else {
-                break;
-            };
+        while let Err(QueueError::TooLarge { size, limit }) = settled
+            && outcome.record.drop_a_payload()
+        {
             tracing::warn!(request_id = %event.request_id, size, limit,
-                "outcome too large for the deliveries queue; payloads left out of its record");
-            trim(&mut outcome.record);
+                "outcome too large for the deliveries queue; a payload left out of its record");
             settled = self.hand_over(lease, &outcome).await;
         }
         match settled {
@@ -402,14 +400,6 @@ impl Worker {
             .settle_and_enqueue(lease, DELIVERIES, item, Duration::ZERO)
             .await
     }
-}
-
-fn trim_response(record: &mut InvocationRecord) {
-    record.response_payload = None;
-}
-
-fn trim_request(record: &mut InvocationRecord) {
-    record.request_payload = None;
 }
 
 /// Lambda's invocation record for a terminal outcome (lambda-spec.md §4).

@@ -445,14 +445,8 @@ impl QueueArgs {
         };
         let mut queue = SqsQueue::new(aws_sdk_sqs::Client::new(aws), options)?;
         if let Some(bucket) = &self.sqs_payload_bucket {
-            // Path-style where an endpoint is set: `bucket.127.0.0.1` is no host.
-            let s3 = aws_sdk_s3::config::Builder::from(aws)
-                .force_path_style(aws.endpoint_url().is_some())
-                .build();
-            queue = queue.with_payload_bucket(PayloadBucket::new(
-                aws_sdk_s3::Client::from_conf(s3),
-                bucket.clone(),
-            ));
+            let s3 = invoq_destinations::aws::s3_client(aws);
+            queue = queue.with_payload_bucket(PayloadBucket::new(s3, bucket.clone()));
         }
         Ok(Arc::new(queue))
     }

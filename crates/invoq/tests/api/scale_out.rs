@@ -253,19 +253,22 @@ async fn on_sqs_an_event_too_large_to_store_gets_413_and_a_large_outcome_is_trim
     let quotes = format!(r#"{{"quotes":"{}"}}"#, "\\\"".repeat(100_000));
     assert!(quotes.len() > 200_000 && quotes.len() < 262_144);
     let request_id = invoke_event(&client, "echo", &quotes).await;
-    let path = deployment
-        .router_data
-        .path()
-        .join("destinations/sqs/outcomes.jsonl");
+    let (line, record) = first_success(deployment.router_data.path(), &request_id).await;
+    assert!(line.contains(&quotes), "the event's own text");
+    assert!(record.get("responsePayload").is_none(), "{}", &line[..200]);
+}
+
+/// Waits for the first OnSuccess record in `data`'s `outcomes.jsonl`, which must be
+/// `request_id`'s Success; returns its line and the record.
+async fn first_success(data: &Path, request_id: &str) -> (String, Value) {
+    let path = data.join("destinations/sqs/outcomes.jsonl");
     for _ in 0..300 {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if let Some(line) = text.lines().next() {
             let record: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(record["requestContext"]["requestId"], request_id.as_str());
+            assert_eq!(record["requestContext"]["requestId"], request_id);
             assert_eq!(record["requestContext"]["condition"], "Success");
-            assert!(line.contains(&quotes), "the event's own text");
-            assert!(record.get("responsePayload").is_none(), "{}", &line[..200]);
-            return;
+            return (line.to_owned(), record);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -278,11 +281,7 @@ async fn on_sqs_an_event_too_large_to_store_gets_413_and_a_large_outcome_is_trim
 async fn on_sqs_with_a_payload_bucket_a_megabyte_event_runs() {
     let aws = AwsStandIn::start();
     let config = aws.sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = invoq_destinations::aws::s3_client(&config);
     s3.create_bucket()
         .bucket("invoq-bodies")
         .send()
@@ -304,20 +303,9 @@ async fn on_sqs_with_a_payload_bucket_a_megabyte_event_runs() {
     create_echo_with_outcomes(&client).await;
     let payload = format!(r#"{{"pad":"{}"}}"#, "m".repeat(1_040_000));
     let request_id = invoke_event(&client, "echo", &payload).await;
-    let path = data.path().join("destinations/sqs/outcomes.jsonl");
-    for _ in 0..300 {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if let Some(line) = text.lines().next() {
-            let record: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(record["requestContext"]["requestId"], request_id.as_str());
-            assert_eq!(record["requestContext"]["condition"], "Success");
-            assert_eq!(
-                record["requestPayload"]["pad"].as_str().map(str::len),
-                Some(1_040_000)
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no outcome for {request_id}");
+    let (_, record) = first_success(data.path(), &request_id).await;
+    assert_eq!(
+        record["requestPayload"]["pad"].as_str().map(str::len),
+        Some(1_040_000)
+    );
 }
