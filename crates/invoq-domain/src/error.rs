@@ -20,6 +20,7 @@ pub enum ErrorCode {
     Validation,
     PreconditionFailed,
     InvalidZipFile,
+    InvalidRuntime,
     UnknownOperation,
     Service,
     /// A `ServiceException` answered 503: invoq cannot store right now, try again.
@@ -51,6 +52,7 @@ impl ErrorCode {
             ErrorCode::Validation => "ValidationException",
             ErrorCode::PreconditionFailed => "PreconditionFailedException",
             ErrorCode::InvalidZipFile => "InvalidZipFileException",
+            ErrorCode::InvalidRuntime => "InvalidRuntimeException",
             ErrorCode::UnknownOperation => "UnknownOperationException",
             ErrorCode::Service | ErrorCode::ServiceUnavailable => "ServiceException",
             ErrorCode::MissingAuthenticationToken => "MissingAuthenticationTokenException",
@@ -78,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Service => 500,
             ErrorCode::ServiceUnavailable => 503,
             ErrorCode::InvalidZipFile => 502,
+            ErrorCode::InvalidRuntime => 502,
         }
     }
 
@@ -89,7 +92,8 @@ impl ErrorCode {
             | ErrorCode::Service
             | ErrorCode::ServiceUnavailable
             | ErrorCode::RecursiveInvocation
-            | ErrorCode::InvalidZipFile => "Message",
+            | ErrorCode::InvalidZipFile
+            | ErrorCode::InvalidRuntime => "Message",
             _ => "message",
         }
     }

@@ -12,7 +12,10 @@ use invoq_domain::limits::{
     MAX_TIMEOUT_SECONDS, MIN_MEMORY_SIZE_MB,
 };
 use invoq_domain::{ApiError, LATEST, Location};
-use invoq_runtime::{BUILTIN_HANDLERS, BUILTIN_RUNTIME, FunctionSpec, PROCESS_RUNTIMES};
+use invoq_runtime::{
+    BUILTIN_HANDLERS, BUILTIN_RUNTIME, FunctionSpec, MANAGED_RUNTIMES, PROCESS_RUNTIMES,
+    RuntimeError, RuntimeService,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -99,6 +102,68 @@ pub(crate) async fn check_package(zip: Vec<u8>) -> Result<Vec<u8>, ApiError> {
         .map_err(|error| ApiError::invalid_parameter(error.to_string()))
 }
 
+/// Lambda's runtimes that are gone for new functions, with the one AWS recommends instead.
+const DEPRECATED_RUNTIMES: [(&str, &str); 14] = [
+    ("python2.7", "python3.13"),
+    ("python3.6", "python3.13"),
+    ("python3.7", "python3.13"),
+    ("python3.8", "python3.13"),
+    ("nodejs", "nodejs22.x"),
+    ("nodejs4.3", "nodejs22.x"),
+    ("nodejs4.3-edge", "nodejs22.x"),
+    ("nodejs6.10", "nodejs22.x"),
+    ("nodejs8.10", "nodejs22.x"),
+    ("nodejs10.x", "nodejs22.x"),
+    ("nodejs12.x", "nodejs22.x"),
+    ("nodejs14.x", "nodejs22.x"),
+    ("nodejs16.x", "nodejs22.x"),
+    ("go1.x", "provided.al2023"),
+];
+
+/// A runtime invoq knows: custom, managed (where the runtime service's host has the
+/// interpreter, checked by [`check_host_runtime`]) or builtin.
+fn validate_runtime(runtime: &str) -> Result<(), ApiError> {
+    if runtime == BUILTIN_RUNTIME
+        || PROCESS_RUNTIMES.contains(&runtime)
+        || MANAGED_RUNTIMES.contains(&runtime)
+    {
+        return Ok(());
+    }
+    if let Some((_, newest)) = DEPRECATED_RUNTIMES.iter().find(|(old, _)| *old == runtime) {
+        return Err(ApiError::invalid_parameter(format!(
+            "The runtime parameter of {runtime} is no longer supported for creating or updating \
+             AWS Lambda functions. We recommend you use the new runtime ({newest}) while \
+             creating or updating functions."
+        )));
+    }
+    Err(ApiError::invalid_parameter(format!(
+        "Runtime {runtime} is not supported by invoq. Supported runtimes: {}, {} (where the host \
+         has the interpreter), {BUILTIN_RUNTIME}.",
+        PROCESS_RUNTIMES.join(", "),
+        MANAGED_RUNTIMES.join(", ")
+    )))
+}
+
+/// A managed runtime runs only where its interpreter is: the runtime service says whether
+/// its host has it, and which runtimes it offers if not.
+pub(crate) async fn check_host_runtime(
+    runtime_service: &dyn RuntimeService,
+    runtime: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(runtime) = runtime.filter(|runtime| MANAGED_RUNTIMES.contains(runtime)) else {
+        return Ok(());
+    };
+    match runtime_service.check_runtime(runtime).await {
+        Ok(()) => Ok(()),
+        Err(RuntimeError::UnsupportedRuntime(reason)) => Err(ApiError::invalid_parameter(format!(
+            "The runtime parameter of {runtime} is not supported on this invoq host: {reason}"
+        ))),
+        Err(error) => Err(ApiError::service(format!(
+            "cannot ask the runtime service whether it runs {runtime}: {error}"
+        ))),
+    }
+}
+
 /// A dead-letter queue is an SQS queue or an SNS topic, named as AWS allows (the name may
 /// become a file name in the data dir).
 fn validate_dead_letter_target(target_arn: &str) -> Result<(), ApiError> {
@@ -125,12 +190,7 @@ impl ConfigurationInput {
     /// Validates every given field and writes it into `record`.
     pub(crate) fn apply(self, record: &mut FunctionRecord) -> Result<(), ApiError> {
         if let Some(runtime) = self.runtime {
-            if runtime != BUILTIN_RUNTIME && !PROCESS_RUNTIMES.contains(&runtime.as_str()) {
-                return Err(ApiError::invalid_parameter(format!(
-                    "Runtime {runtime} is not supported by invoq. Supported runtimes: {}, {BUILTIN_RUNTIME}.",
-                    PROCESS_RUNTIMES.join(", ")
-                )));
-            }
+            validate_runtime(&runtime)?;
             record.runtime = runtime;
         }
         if let Some(role) = self.role {

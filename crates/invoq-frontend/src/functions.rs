@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use crate::Frontend;
 use crate::configuration::{
-    CodeInput, ConfigurationInput, check_package, configuration_json, mark_updated, new_record,
+    CodeInput, ConfigurationInput, check_host_runtime, check_package, configuration_json,
+    mark_updated, new_record,
 };
 use crate::function_store::FunctionRecord;
 use crate::http::{ApiResult, ErrorResponse, json_response, parse_json_body};
@@ -93,6 +94,11 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
     if let Some(architectures) = request.architectures {
         record.architectures = validate_architectures(architectures)?;
     }
+    check_host_runtime(
+        frontend.runtime.as_ref(),
+        request.configuration.runtime.as_deref(),
+    )
+    .await?;
     request.configuration.apply(&mut record)?;
     let record = frontend.store.create(record)?;
     tokio::spawn(frontend.clone().settle(record.name.clone()));
@@ -194,6 +200,11 @@ pub(crate) async fn update_configuration(
         configuration: ConfigurationInput,
     }
     let request: UpdateConfigurationRequest = parse_json_body(&body)?;
+    check_host_runtime(
+        frontend.runtime.as_ref(),
+        request.configuration.runtime.as_deref(),
+    )
+    .await?;
     let record = frontend.update_latest(&function_name, request.revision_id, |record| {
         request.configuration.apply(record)
     })?;

@@ -233,6 +233,9 @@ impl Frontend {
                 format!("The deployment package could not be unpacked: {message}"),
             )
             .into()),
+            Err(RuntimeError::UnsupportedRuntime(message)) => {
+                Err(ApiError::new(ErrorCode::InvalidRuntime, message).into())
+            }
             Err(error @ (RuntimeError::CodeMissing(_) | RuntimeError::Internal(_))) => {
                 tracing::error!(%error, "invocation failed in the runtime");
                 Err(ApiError::service(error.to_string()).into())

@@ -37,7 +37,7 @@ use invoq_runtime::{FunctionSpec, RuntimeError, RuntimeService};
 
 pub use crate::auth::{AccessKeys, AccessKeysError};
 pub use crate::event_source_mappings::EventSourceChecker;
-use crate::function_store::{FunctionState, FunctionStore, UpdateStatus};
+use crate::function_store::{FunctionRecord, FunctionState, FunctionStore, UpdateStatus};
 use crate::metrics::Metrics;
 
 /// Deployment packages arrive base64-encoded in JSON: 50 MB zipped, about 70 MB on the wire.
@@ -191,16 +191,13 @@ impl Frontend {
             return;
         };
         let mut outcome = Ok(());
-        if let Some(code_sha256_hex) = configuration::deployed_code(&record) {
-            for attempt in 1..=SETTLE_ATTEMPTS {
-                outcome = self.deploy_code(code_sha256_hex).await;
-                // Only an unreachable runtime is worth waiting for.
-                if !matches!(outcome, Err(RuntimeError::Internal(_))) || attempt == SETTLE_ATTEMPTS
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        for attempt in 1..=SETTLE_ATTEMPTS {
+            outcome = self.deploy(&record).await;
+            // Only an unreachable runtime is worth waiting for.
+            if !matches!(outcome, Err(RuntimeError::Internal(_))) || attempt == SETTLE_ATTEMPTS {
+                break;
             }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let settled = self.store.update(&name, |current| {
             // A newer change came in meanwhile; its own settle finishes it.
@@ -230,9 +227,14 @@ impl Frontend {
         }
     }
 
-    async fn deploy_code(&self, code_sha256_hex: &str) -> Result<(), RuntimeError> {
-        let zip = self.code(code_sha256_hex)?;
-        self.runtime.put_code(code_sha256_hex, zip).await
+    /// Hands the runtime the function's code and readies its runtime (a managed runtime's
+    /// interface client is installed on first use).
+    async fn deploy(&self, record: &FunctionRecord) -> Result<(), RuntimeError> {
+        if let Some(code_sha256_hex) = configuration::deployed_code(record) {
+            let zip = self.code(code_sha256_hex)?;
+            self.runtime.put_code(code_sha256_hex, zip).await?;
+        }
+        self.runtime.prepare_runtime(&record.runtime).await
     }
 
     /// What the retry worker needs to run an event of `function_name` now: the function's

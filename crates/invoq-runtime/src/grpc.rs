@@ -68,6 +68,28 @@ impl Runtime for RuntimeGrpcServer {
             .map_err(Status::from)?;
         Ok(Response::new(pb::PutCodeResponse {}))
     }
+
+    async fn check_runtime(
+        &self,
+        request: Request<pb::RuntimeRequest>,
+    ) -> Result<Response<pb::RuntimeResponse>, Status> {
+        self.service
+            .check_runtime(&request.into_inner().runtime)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::RuntimeResponse {}))
+    }
+
+    async fn prepare_runtime(
+        &self,
+        request: Request<pb::RuntimeRequest>,
+    ) -> Result<Response<pb::RuntimeResponse>, Status> {
+        self.service
+            .prepare_runtime(&request.into_inner().runtime)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::RuntimeResponse {}))
+    }
 }
 
 /// A [`RuntimeService`] on the other end of a gRPC channel.
@@ -120,6 +142,22 @@ impl RuntimeService for RuntimeGrpcClient {
             .put_code(request)
             .await
             .map_err(RuntimeError::from)?;
+        Ok(())
+    }
+
+    async fn check_runtime(&self, runtime: &str) -> Result<(), RuntimeError> {
+        let request = pb::RuntimeRequest {
+            runtime: runtime.to_owned(),
+        };
+        self.client.clone().check_runtime(request).await?;
+        Ok(())
+    }
+
+    async fn prepare_runtime(&self, runtime: &str) -> Result<(), RuntimeError> {
+        let request = pb::RuntimeRequest {
+            runtime: runtime.to_owned(),
+        };
+        self.client.clone().prepare_runtime(request).await?;
         Ok(())
     }
 }
@@ -216,6 +254,9 @@ impl From<RuntimeError> for Status {
             ),
             RuntimeError::CodeMissing(sha) => (Code::FailedPrecondition, "code-missing", sha),
             RuntimeError::InvalidCode(message) => (Code::InvalidArgument, "invalid-code", message),
+            RuntimeError::UnsupportedRuntime(message) => {
+                (Code::FailedPrecondition, "unsupported-runtime", message)
+            }
             RuntimeError::Internal(message) => (Code::Internal, "internal", message),
         };
         tagged_status(code, kind, message)
@@ -232,6 +273,7 @@ impl From<Status> for RuntimeError {
                 .unwrap_or(RuntimeError::Internal(message)),
             Some("code-missing") => RuntimeError::CodeMissing(message),
             Some("invalid-code") => RuntimeError::InvalidCode(message),
+            Some("unsupported-runtime") => RuntimeError::UnsupportedRuntime(message),
             _ => RuntimeError::Internal(format!("runtime call failed: {status}")),
         }
     }

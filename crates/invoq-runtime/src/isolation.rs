@@ -120,6 +120,9 @@ pub struct SandboxOptions {
     pub isolation: SandboxIsolation,
     pub function_credentials: Option<FunctionCredentials>,
     pub uid_base: u32,
+    /// Where managed runtimes' interface clients are installed; `<data-dir>/runtimes` when
+    /// unset.
+    pub runtimes_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxOptions {
@@ -128,6 +131,7 @@ impl Default for SandboxOptions {
             isolation: SandboxIsolation::Auto,
             function_credentials: None,
             uid_base: DEFAULT_SANDBOX_UID_BASE,
+            runtimes_dir: None,
         }
     }
 }
@@ -227,7 +231,7 @@ impl Isolation {
             invoq_pid: std::process::id(),
             cgroup_procs: Vec::new(),
             rlimits: Vec::new(),
-            namespaces: Some(layout.plan(&probe_code, network.namespace, uid.uid)?),
+            namespaces: Some(layout.plan(&probe_code, None, network.namespace, uid.uid)?),
         };
         plan.install(&mut command);
         let status = command
@@ -248,13 +252,15 @@ impl Isolation {
         }
     }
 
-    /// Prepares a sandbox for `code_dir`: its network (namespace mode), cgroup and uid, and
-    /// the steps its first process runs before exec.
+    /// Prepares a sandbox for `code_dir` (and a managed runtime's `runtime_dir`): its
+    /// network (namespace mode), cgroup and uid, and the steps its first process runs
+    /// before exec.
     pub(crate) async fn prepare(
         &self,
         name: &str,
         memory_size_mb: u32,
         code_dir: &Path,
+        runtime_dir: Option<&Path>,
     ) -> Result<PreparedSandbox, String> {
         let memory_bytes = u64::from(memory_size_mb) * 1024 * 1024;
         let cgroup = match &self.cgroups {
@@ -283,6 +289,8 @@ impl Isolation {
                 cgroup,
                 uid: None,
                 task_root: code_dir.to_path_buf(),
+                // Custom runtimes have no runtime directory; Lambda's points at the code.
+                runtime_dir: runtime_dir.unwrap_or(code_dir).to_path_buf(),
             });
         };
         let network = SandboxNetwork::create()
@@ -291,7 +299,7 @@ impl Isolation {
         let uid = self.take_uid();
         // Counted per uid, and the uid is the sandbox's own: a second bound beside pids.max.
         rlimits.push((Resource::RLIMIT_NPROC, u64::from(PIDS_MAX)));
-        let namespaces = layout.plan(code_dir, network.namespace, uid.uid)?;
+        let namespaces = layout.plan(code_dir, runtime_dir, network.namespace, uid.uid)?;
         Ok(PreparedSandbox {
             listener: network.listener,
             plan: LaunchPlan {
@@ -303,6 +311,7 @@ impl Isolation {
             cgroup,
             uid: Some(uid),
             task_root: PathBuf::from(TASK_ROOT),
+            runtime_dir: PathBuf::from(RUNTIME_DIR),
         })
     }
 }
@@ -316,6 +325,8 @@ pub(crate) struct PreparedSandbox {
     pub(crate) uid: Option<UidLease>,
     /// The code directory as the process sees it.
     pub(crate) task_root: PathBuf,
+    /// `LAMBDA_RUNTIME_DIR` as the process sees it.
+    pub(crate) runtime_dir: PathBuf,
 }
 
 /// A network namespace with only its own loopback, and the Runtime API listener in it.
@@ -403,7 +414,13 @@ impl SystemLayout {
     }
 
     /// The mount steps for one sandbox, as C strings ready for the child.
-    fn plan(&self, code_dir: &Path, network: OwnedFd, uid: u32) -> Result<NamespacePlan, String> {
+    fn plan(
+        &self,
+        code_dir: &Path,
+        runtime_dir: Option<&Path>,
+        network: OwnedFd,
+        uid: u32,
+    ) -> Result<NamespacePlan, String> {
         let root = &self.root_mount_point;
         let inside = |path: &str| root.join(path.trim_start_matches('/'));
         let c = |path: &Path| {
@@ -441,6 +458,12 @@ impl SystemLayout {
             source: c(code_dir)?,
             target: c(&inside(TASK_ROOT))?,
         });
+        if let Some(runtime_dir) = runtime_dir {
+            steps.push(MountStep::BindReadOnly {
+                source: c(runtime_dir)?,
+                target: c(&inside(RUNTIME_DIR))?,
+            });
+        }
         for device in DEVICES {
             let host = PathBuf::from("/dev").join(device);
             if host.exists() {

@@ -19,6 +19,7 @@ mod invocation_log;
 mod isolation;
 mod local;
 mod log_archive;
+pub mod managed;
 pub mod package;
 mod runtime_api;
 mod sandbox;
@@ -33,6 +34,7 @@ pub use isolation::{
     DEFAULT_SANDBOX_UID_BASE, FunctionCredentials, SandboxIsolation, SandboxOptions,
 };
 pub use local::{DEFAULT_IDLE_TIMEOUT, LocalRuntime};
+pub use managed::{MANAGED_RUNTIMES, ManagedRuntime};
 
 /// The `Runtime` value that selects invoq's builtin handlers.
 pub const BUILTIN_RUNTIME: &str = "invoq.builtin";
@@ -98,6 +100,10 @@ pub enum RuntimeError {
     CodeMissing(String),
     #[error("invalid deployment package: {0}")]
     InvalidCode(String),
+    /// This runtime cannot run functions of that `Runtime`; the message says why and what
+    /// it offers instead.
+    #[error("{0}")]
+    UnsupportedRuntime(String),
     #[error("runtime failure: {0}")]
     Internal(String),
 }
@@ -147,6 +153,14 @@ pub trait RuntimeService: Send + Sync + 'static {
 
     /// Stores a deployment package under its hex SHA-256. Idempotent.
     async fn put_code(&self, code_sha256_hex: &str, zip: Bytes) -> Result<(), RuntimeError>;
+
+    /// Whether functions of this `Runtime` can run here, answered at once (CreateFunction
+    /// asks): `UnsupportedRuntime` says why not.
+    async fn check_runtime(&self, runtime: &str) -> Result<(), RuntimeError>;
+
+    /// Readies a runtime for its first cold start: installs a managed runtime's interface
+    /// client if this host does not hold it yet (while the function is Pending).
+    async fn prepare_runtime(&self, runtime: &str) -> Result<(), RuntimeError>;
 }
 
 /// Runs an invocation, first handing the runtime the deployment package if it does not hold

@@ -16,10 +16,13 @@ use crate::code_store::CodeStore;
 use crate::invocation_log::{InvocationLog, Report};
 use crate::isolation::{Isolation, SandboxOptions};
 use crate::log_archive::LogArchive;
+use crate::managed::{
+    InstallOutput, InstalledRuntime, ManagedRuntime, ManagedRuntimeError, ManagedRuntimes,
+};
 use crate::sandbox::{Outcome, Sandbox, SandboxRun, platform_message};
 use crate::{
-    BUILTIN_RUNTIME, FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService,
-    ThrottleReason, builtin,
+    BUILTIN_RUNTIME, FunctionSpec, Invocation, InvocationResult, PROCESS_RUNTIMES, RuntimeError,
+    RuntimeService, ThrottleReason, builtin,
 };
 
 /// How long a warm process may sit idle before it is stopped, as Lambda recycles idle
@@ -27,10 +30,12 @@ use crate::{
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs functions on this machine. Data lives under `<data-dir>/runtime/`: unpacked code and
-/// each function's kept logs.
+/// each function's kept logs; managed runtimes under `<data-dir>/runtimes/` (or the
+/// directory [`SandboxOptions::runtimes_dir`] names).
 pub struct LocalRuntime {
     code_store: Arc<CodeStore>,
     isolation: Isolation,
+    managed: ManagedRuntimes,
     logs: LogArchive,
     functions: Arc<FunctionMap>,
     account_in_flight: Arc<AtomicU32>,
@@ -82,6 +87,12 @@ impl LocalRuntime {
             .await
             .map_err(std::io::Error::other)?;
         let code_store = Arc::new(CodeStore::open(root.join("code"))?);
+        let runtimes_dir = sandbox
+            .runtimes_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("runtimes"));
+        let managed = ManagedRuntimes::scan(runtimes_dir).await;
+        tracing::info!(offered = ?managed.offered(), "managed runtimes this host can run");
         let functions = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(reap_idle_sandboxes(
             Arc::downgrade(&functions),
@@ -91,6 +102,7 @@ impl LocalRuntime {
         Ok(LocalRuntime {
             code_store,
             isolation,
+            managed,
             logs: LogArchive::open(root.join("logs"))?,
             functions,
             account_in_flight: Arc::new(AtomicU32::new(0)),
@@ -158,7 +170,14 @@ impl LocalRuntime {
         };
         let mut sandbox = match pool.take_idle() {
             Some(sandbox) => sandbox,
-            None => match Sandbox::spawn(spec, &code_dir, &self.isolation).await {
+            None => match Sandbox::spawn(
+                spec,
+                &code_dir,
+                self.managed_runtime(spec).await?.as_ref(),
+                &self.isolation,
+            )
+            .await
+            {
                 Ok(sandbox) => sandbox,
                 Err(reason) => {
                     return Ok(SandboxRun {
@@ -179,6 +198,31 @@ impl LocalRuntime {
             pool.put_idle(sandbox);
         }
         Ok(run)
+    }
+
+    /// The managed runtime `spec` runs on, installed first if this host does not hold it
+    /// yet; `None` for a custom runtime. A failed install did not run the function: the
+    /// caller may retry it.
+    async fn managed_runtime(
+        &self,
+        spec: &FunctionSpec,
+    ) -> Result<Option<InstalledRuntime>, RuntimeError> {
+        let Some(runtime) = ManagedRuntime::named(&spec.runtime) else {
+            return Ok(None);
+        };
+        self.managed
+            .ready(runtime.name, InstallOutput::Captured)
+            .await
+            .map(Some)
+            .map_err(|error| RuntimeError::Internal(error.to_string()))
+    }
+
+    /// The runtimes functions may use here, for error messages.
+    fn offered(&self) -> String {
+        let mut offered: Vec<&str> = PROCESS_RUNTIMES.to_vec();
+        offered.extend(self.managed.offered());
+        offered.push(BUILTIN_RUNTIME);
+        offered.join(", ")
     }
 }
 
@@ -234,6 +278,33 @@ impl RuntimeService for LocalRuntime {
 
     async fn put_code(&self, code_sha256_hex: &str, zip: Bytes) -> Result<(), RuntimeError> {
         self.code_store.put(code_sha256_hex, zip).await
+    }
+
+    async fn check_runtime(&self, runtime: &str) -> Result<(), RuntimeError> {
+        if runtime == BUILTIN_RUNTIME || PROCESS_RUNTIMES.contains(&runtime) {
+            return Ok(());
+        }
+        self.managed.check(runtime).map(drop).map_err(|error| {
+            let reason = match error {
+                ManagedRuntimeError::Unavailable { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            RuntimeError::UnsupportedRuntime(format!(
+                "{reason}. This host offers: {}.",
+                self.offered()
+            ))
+        })
+    }
+
+    async fn prepare_runtime(&self, runtime: &str) -> Result<(), RuntimeError> {
+        self.check_runtime(runtime).await?;
+        if ManagedRuntime::named(runtime).is_some() {
+            self.managed
+                .ready(runtime, InstallOutput::Captured)
+                .await
+                .map_err(|error| RuntimeError::UnsupportedRuntime(error.to_string()))?;
+        }
+        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! A sandbox is one `bootstrap` process with its own Runtime API server. It runs one
+//! A sandbox is one function process (a `bootstrap`, or a managed runtime's interface
+//! client) with its own Runtime API server. It runs one
 //! invocation at a time; a sandbox whose process timed out, crashed or failed to initialise
 //! is thrown away, any other goes back to its pool warm.
 
@@ -18,7 +19,8 @@ use tokio::time::Instant;
 
 use crate::cgroup::Cgroup;
 use crate::invocation_log::InvocationLog;
-use crate::isolation::{FunctionCredentials, Isolation, RUNTIME_DIR, TASK_ROOT, UidLease};
+use crate::isolation::{FunctionCredentials, Isolation, TASK_ROOT, UidLease};
+use crate::managed::InstalledRuntime;
 use crate::runtime_api::{ApiEvent, PendingInvocation, RuntimeApi};
 use crate::{FunctionSpec, Invocation};
 
@@ -73,14 +75,16 @@ pub(crate) struct SandboxRun {
 }
 
 impl Sandbox {
-    /// Starts `bootstrap` from `code_dir`, fenced off as `isolation` allows. The error is the
-    /// reason, in Lambda's words, why no process could start.
+    /// Starts the function's process, fenced off as `isolation` allows: `bootstrap` from
+    /// `code_dir` for a custom runtime, the runtime interface client of `managed` for a
+    /// managed one. The error is the reason, in Lambda's words, why no process could start.
     pub(crate) async fn spawn(
         spec: &FunctionSpec,
         code_dir: &Path,
+        managed: Option<&InstalledRuntime>,
         isolation: &Isolation,
     ) -> Result<Self, String> {
-        if !code_dir.join("bootstrap").is_file() {
+        if managed.is_none() && !code_dir.join("bootstrap").is_file() {
             let task_root = if isolation.uses_namespaces() {
                 Path::new(TASK_ROOT)
             } else {
@@ -96,25 +100,31 @@ impl Sandbox {
                 &format!("sandbox-{}", uuid::Uuid::new_v4().simple()),
                 spec.memory_size_mb,
                 code_dir,
+                managed.map(|runtime| runtime.dir.as_path()),
             )
             .await?;
-        let bootstrap = prepared.task_root.join("bootstrap");
         let api = RuntimeApi::serve(prepared.listener)
             .map_err(|error| format!("cannot start the runtime api: {error}"))?;
-        let runtime_dir = if isolation.uses_namespaces() {
-            PathBuf::from(RUNTIME_DIR)
-        } else {
-            prepared.task_root.clone()
-        };
-        let environment = process_environment(
+        let mut environment = process_environment(
             spec,
             &prepared.task_root,
-            &runtime_dir,
+            &prepared.runtime_dir,
             &api.addr.to_string(),
             isolation.credentials.as_ref(),
         );
-        let mut command = Command::new(&bootstrap);
+        let (program, args) = match managed {
+            Some(runtime) => {
+                for (name, value) in runtime.environment(&prepared.task_root, &prepared.runtime_dir)
+                {
+                    environment.insert(name.to_owned(), value);
+                }
+                runtime.command(&prepared.runtime_dir, &spec.handler, spec.memory_size_mb)
+            }
+            None => (prepared.task_root.join("bootstrap"), Vec::new()),
+        };
+        let mut command = Command::new(&program);
         command
+            .args(args)
             .env_clear()
             .envs(environment)
             .stdin(Stdio::null())
@@ -127,7 +137,7 @@ impl Sandbox {
         prepared.plan.install(&mut command);
         let mut child = command
             .spawn()
-            .map_err(|error| format!("fork/exec {}: {error}", bootstrap.display()))?;
+            .map_err(|error| format!("fork/exec {}: {error}", program.display()))?;
         let log = Arc::new(Mutex::new(InvocationLog::default()));
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(copy_output(stdout, log.clone()));

@@ -199,6 +199,16 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// List the managed runtimes (python3.x, nodejs*.x) this host can run, or install their
+    /// runtime interface clients ahead of the first cold start.
+    Runtimes {
+        #[command(subcommand)]
+        action: RuntimesAction,
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        runtimes: RuntimesDir,
+    },
     /// List or redrive outcomes the router could not deliver, on a running invoq.
     Parked {
         #[command(subcommand)]
@@ -306,6 +316,8 @@ struct SandboxArgs {
     /// The first uid sandboxes run as; each live sandbox takes the next free one.
     #[arg(long, env = "INVOQ_SANDBOX_UID_BASE", default_value_t = DEFAULT_SANDBOX_UID_BASE)]
     sandbox_uid_base: u32,
+    #[command(flatten)]
+    runtimes: RuntimesDir,
 }
 
 impl SandboxArgs {
@@ -314,8 +326,39 @@ impl SandboxArgs {
             isolation: self.isolation,
             function_credentials: self.function_credentials.clone(),
             uid_base: self.sandbox_uid_base,
+            runtimes_dir: self.runtimes.runtimes_dir.clone(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct RuntimesDir {
+    /// Where managed runtimes' interface clients are installed (default:
+    /// <data-dir>/runtimes).
+    #[arg(long, env = "INVOQ_RUNTIMES_DIR")]
+    runtimes_dir: Option<PathBuf>,
+}
+
+impl RuntimesDir {
+    fn resolve(&self, common: &CommonArgs) -> PathBuf {
+        self.runtimes_dir
+            .clone()
+            .unwrap_or_else(|| common.data_dir.join("runtimes"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum RuntimesAction {
+    /// Print each managed runtime: its interpreter here (or why there is none), its client
+    /// and whether it is installed.
+    List,
+    /// Install the runtime interface client of each named runtime (pip or npm, with their
+    /// progress); already installed ones are left as they are.
+    Install {
+        /// Runtimes to install, e.g. python3.11 nodejs20.x.
+        #[arg(required = true)]
+        runtimes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -701,6 +744,11 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Runtimes {
+            action,
+            common,
+            runtimes,
+        } => manage_runtimes(action, runtimes.resolve(&common)).await,
         Command::Parked {
             action,
             endpoint_url,
@@ -727,6 +775,39 @@ async fn main() -> anyhow::Result<()> {
             let body = response.text().await?;
             println!("{body}");
             anyhow::ensure!(status.is_success(), "invoq answered {status}");
+            Ok(())
+        }
+    }
+}
+
+/// `invoq runtimes list|install`.
+async fn manage_runtimes(action: RuntimesAction, dir: PathBuf) -> anyhow::Result<()> {
+    use invoq_runtime::managed::{InstallOutput, ManagedRuntimes};
+    let runtimes = ManagedRuntimes::scan(dir.clone()).await;
+    match action {
+        RuntimesAction::List => {
+            for status in runtimes.status() {
+                let state = match (&status.interpreter, status.installed) {
+                    (Ok(interpreter), true) => format!("installed, {}", interpreter.display()),
+                    (Ok(interpreter), false) => {
+                        format!(
+                            "available, {} (installs at first use)",
+                            interpreter.display()
+                        )
+                    }
+                    (Err(reason), _) => format!("unavailable: {reason}"),
+                };
+                println!("{:<12} {:<22} {state}", status.name, status.client);
+            }
+            Ok(())
+        }
+        RuntimesAction::Install { runtimes: names } => {
+            for name in names {
+                let installed = runtimes
+                    .install_runtime(&name, InstallOutput::Terminal)
+                    .await?;
+                println!("{name}: installed in {}", installed.display());
+            }
             Ok(())
         }
     }
