@@ -1,7 +1,8 @@
 //! invoq's one task runner: `cargo xtask <task>`. CI calls the same tasks a developer runs.
 //!
 //! - `test`: installs the AWS stand-ins (moto server into `.venv`, LocalStack's runtime into
-//!   `.venv-localstack`), builds the example functions the tests deploy, runs every test
+//!   `.venv-localstack`), builds the example functions the tests deploy, installs the
+//!   managed runtimes (`invoq runtimes install --all`), runs every test
 //!   against moto, then the AWS-facing suites again against LocalStack;
 //! - `ci`: formatting check, clippy with warnings as errors, the docker-compose.yml check,
 //!   then `test`;
@@ -122,9 +123,11 @@ fn test() -> anyhow::Result<()> {
     // Tests deploy this binary as a `bootstrap`; cargo does not build other packages'
     // binaries for integration tests, so build it first.
     cargo(&["build", "--package", "rust-echo"], &[])?;
+    let runtimes_dir = path_string(install_managed_runtimes()?)?;
     let mut env = vec![
         ("INVOQ_MOTO_SERVER", moto_server.as_str()),
         ("INVOQ_LOCALSTACK_PYTHON", localstack_python.as_str()),
+        ("INVOQ_RUNTIMES_DIR", runtimes_dir.as_str()),
     ];
     if !nextest_available() {
         return cargo(&["test", "--workspace", "--no-fail-fast"], &env);
@@ -170,6 +173,48 @@ fn check_compose() -> anyhow::Result<()> {
     run(Command::new("/usr/bin/python3")
         .arg("deploy/check-compose.py")
         .arg(PathBuf::from(target).join("debug/invoq")))
+}
+
+/// The managed runtimes the tests run (every one this host has the interpreter for),
+/// installed once into `<target>/invoq-runtimes` by `invoq runtimes install --all`. npm
+/// builds the Node.js client's addon from source, with cmake and autotools from Debian.
+fn install_managed_runtimes() -> anyhow::Result<PathBuf> {
+    let missing: Vec<&str> = ["cmake", "autoconf", "automake", "libtoolize", "make", "g++"]
+        .into_iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "$ apt-get install cmake autoconf automake libtool make g++ (missing: {missing:?})"
+        );
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "cmake",
+            "autoconf",
+            "automake",
+            "libtool",
+            "make",
+            "g++",
+        ]))?;
+    }
+    cargo(&["build", "--package", "invoq"], &[])?;
+    let target =
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()));
+    let dir = std::env::current_dir()?
+        .join(&target)
+        .join("invoq-runtimes");
+    run(Command::new(target.join("debug/invoq"))
+        .args(["runtimes", "install", "--all", "--runtimes-dir"])
+        .arg(&dir))?;
+    Ok(dir)
 }
 
 fn path_string(path: PathBuf) -> anyhow::Result<String> {

@@ -204,10 +204,18 @@ enum Command {
     Runtimes {
         #[command(subcommand)]
         action: RuntimesAction,
-        #[command(flatten)]
-        common: CommonArgs,
-        #[command(flatten)]
-        runtimes: RuntimesDir,
+        /// Where invoq keeps its state.
+        #[arg(
+            long,
+            global = true,
+            env = "INVOQ_DATA_DIR",
+            default_value = "./.invoq"
+        )]
+        data_dir: PathBuf,
+        /// Where managed runtimes' interface clients are installed (default:
+        /// <data-dir>/runtimes).
+        #[arg(long, global = true, env = "INVOQ_RUNTIMES_DIR")]
+        runtimes_dir: Option<PathBuf>,
     },
     /// List or redrive outcomes the router could not deliver, on a running invoq.
     Parked {
@@ -339,14 +347,6 @@ struct RuntimesDir {
     runtimes_dir: Option<PathBuf>,
 }
 
-impl RuntimesDir {
-    fn resolve(&self, common: &CommonArgs) -> PathBuf {
-        self.runtimes_dir
-            .clone()
-            .unwrap_or_else(|| common.data_dir.join("runtimes"))
-    }
-}
-
 #[derive(Debug, Subcommand)]
 enum RuntimesAction {
     /// Print each managed runtime: its interpreter here (or why there is none), its client
@@ -356,8 +356,11 @@ enum RuntimesAction {
     /// progress); already installed ones are left as they are.
     Install {
         /// Runtimes to install, e.g. python3.11 nodejs20.x.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all")]
         runtimes: Vec<String>,
+        /// Every runtime this host has the interpreter for.
+        #[arg(long, conflicts_with = "runtimes")]
+        all: bool,
     },
 }
 
@@ -746,9 +749,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Runtimes {
             action,
-            common,
-            runtimes,
-        } => manage_runtimes(action, runtimes.resolve(&common)).await,
+            data_dir,
+            runtimes_dir,
+        } => manage_runtimes(action, runtimes_dir.unwrap_or(data_dir.join("runtimes"))).await,
         Command::Parked {
             action,
             endpoint_url,
@@ -801,7 +804,17 @@ async fn manage_runtimes(action: RuntimesAction, dir: PathBuf) -> anyhow::Result
             }
             Ok(())
         }
-        RuntimesAction::Install { runtimes: names } => {
+        RuntimesAction::Install {
+            runtimes: mut names,
+            all,
+        } => {
+            if all {
+                names = runtimes.offered().into_iter().map(str::to_owned).collect();
+                anyhow::ensure!(
+                    !names.is_empty(),
+                    "this host has no interpreter of a managed runtime: see `invoq runtimes list`"
+                );
+            }
             for name in names {
                 let installed = runtimes
                     .install_runtime(&name, InstallOutput::Terminal)

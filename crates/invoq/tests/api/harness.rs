@@ -189,16 +189,24 @@ pub(crate) fn status_and_type<E>(
 
 /// A zip holding `bootstrap` (mode 755) with these contents.
 pub(crate) fn bootstrap_zip(bootstrap: &[u8]) -> Vec<u8> {
+    code_zip(&[("bootstrap", bootstrap)])
+}
+
+/// A zip of these files (mode 755), by name.
+pub(crate) fn code_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated)
         .unix_permissions(0o755);
-    zip.start_file("bootstrap", options).expect("zip entry");
-    zip.write_all(bootstrap).expect("zip write");
+    for (name, contents) in files {
+        zip.start_file(*name, options).expect("zip entry");
+        zip.write_all(contents).expect("zip write");
+    }
     zip.finish().expect("zip finish").into_inner()
 }
 
-fn repository_file(path: &str) -> Vec<u8> {
+/// A file of this crate, by path from its manifest directory.
+pub(crate) fn repository_file(path: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }

@@ -12,6 +12,7 @@ mod exposure;
 mod harness;
 mod invoke;
 mod isolation;
+mod managed_runtimes;
 mod recovery;
 mod recursion;
 mod runtimes;
