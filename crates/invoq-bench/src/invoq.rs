@@ -54,6 +54,15 @@ impl Setup {
     }
 }
 
+/// A deployment package the bench runs instead of a builtin (`--code-zip`).
+#[derive(Clone, Debug)]
+pub struct Code {
+    pub zip: Vec<u8>,
+    pub runtime: String,
+    /// The scenario's builtin handler name when unset (any name suits a `bootstrap`).
+    pub handler: Option<String>,
+}
+
 pub struct Invoq {
     url: String,
     description: String,
@@ -250,16 +259,17 @@ impl Invoq {
         self.data.take()
     }
 
-    /// Creates the function (a builtin, or `code_zip` as a custom runtime) and, when
-    /// records are followed, points its destinations at the files the observer reads.
-    pub async fn prepare(&self, setup: &Setup, code_zip: Option<&[u8]>) -> Result<(), BenchError> {
+    /// Creates the function (a builtin, or `code` on its runtime) and, when records are
+    /// followed, points its destinations at the files the observer reads.
+    pub async fn prepare(&self, setup: &Setup, code: Option<&Code>) -> Result<(), BenchError> {
         use base64::Engine;
-        let (runtime, code) = match code_zip {
-            Some(zip) => (
-                "provided.al2023",
-                json!({"ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)}),
+        let (runtime, handler, code) = match code {
+            Some(code) => (
+                code.runtime.as_str(),
+                code.handler.as_deref().unwrap_or(setup.handler),
+                json!({"ZipFile": base64::engine::general_purpose::STANDARD.encode(&code.zip)}),
             ),
-            None => ("invoq.builtin", json!({})),
+            None => ("invoq.builtin", setup.handler, json!({})),
         };
         let created = self
             .client
@@ -267,7 +277,7 @@ impl Invoq {
             .json(&json!({
                 "FunctionName": setup.function,
                 "Runtime": runtime,
-                "Handler": setup.handler,
+                "Handler": handler,
                 "Role": "arn:aws:iam::000000000000:role/invoq-bench",
                 "Code": code,
             }));

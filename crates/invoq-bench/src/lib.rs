@@ -124,10 +124,21 @@ pub struct BenchArgs {
     /// Share of events that fail their first attempt (failures).
     #[arg(long, default_value_t = 0.1)]
     pub fail_share: f64,
-    /// A deployment package (a zip with a `bootstrap`) to run instead of the builtin
-    /// handler, as `provided.al2023`: measures a real runtime behind the Runtime API.
+    /// A deployment package to run instead of the builtin handler: a zip with a
+    /// `bootstrap` (as `provided.al2023`), or a managed runtime's code with `--runtime`
+    /// and `--handler`. Measures a real runtime behind the Runtime API.
     #[arg(long)]
     pub code_zip: Option<PathBuf>,
+    /// The `Runtime` of the `--code-zip` function, e.g. python3.11 or nodejs20.x.
+    #[arg(long, requires = "code_zip", default_value = "provided.al2023")]
+    pub runtime: String,
+    /// The `Handler` of the `--code-zip` function, e.g. app.handler.
+    #[arg(long, requires = "code_zip")]
+    pub handler: Option<String>,
+    /// Sync: run every invoke on a fresh process (a configuration update before each, not
+    /// timed), one at a time: cold-start latency.
+    #[arg(long)]
+    pub cold: bool,
     /// Bytes of padding in each event's payload.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
@@ -170,16 +181,23 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// The `--code-zip` package, if any.
-fn code(args: &BenchArgs) -> Result<Option<Vec<u8>>, BenchError> {
-    args.code_zip
-        .as_ref()
-        .map(|path| std::fs::read(path).map_err(BenchError::io("reading --code-zip")))
-        .transpose()
+/// The `--code-zip` package, if any, with the runtime and handler it runs on.
+fn code(args: &BenchArgs) -> Result<Option<invoq::Code>, BenchError> {
+    let Some(path) = &args.code_zip else {
+        return Ok(None);
+    };
+    Ok(Some(invoq::Code {
+        zip: std::fs::read(path).map_err(BenchError::io("reading --code-zip"))?,
+        runtime: args.runtime.clone(),
+        handler: args.handler.clone(),
+    }))
 }
 
 /// The scenarios that put load for `--duration`: accept, steady, failures and sync.
 async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
+    if args.cold && args.scenario != Scenario::Sync {
+        return Err(BenchError::Setup("--cold is for the sync scenario".into()));
+    }
     if args.no_workers && args.scenario != Scenario::Accept {
         return Err(BenchError::Setup(
             "--no-workers is for the accept scenario; the others follow events to their end".into(),
@@ -202,8 +220,10 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     invoq.set_signer(signer.clone());
     let setup = Setup::for_scenario(args.scenario);
-    invoq.prepare(&setup, code(args)?.as_deref()).await?;
+    invoq.prepare(&setup, code(args)?.as_ref()).await?;
     let pace = match (args.rate, args.scenario) {
+        // Each cold invoke retires the process the one before it used.
+        _ if args.cold => Pace::Closed { connections: 1 },
         (Some(rate), _) => Pace::Open { rate },
         (None, Scenario::Steady | Scenario::Failures) => Pace::Open { rate: 1_000 },
         (None, _) => Pace::Closed {
@@ -235,6 +255,7 @@ async fn timed(args: &BenchArgs) -> Result<Report, BenchError> {
             0.0
         },
         signer,
+        cold: args.cold,
     };
     let progress = Progress::new(args, "load", observer.as_ref());
     let sent = load.run(&progress.sent).await?;
@@ -290,7 +311,7 @@ async fn drain(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let mut queueing = Invoq::spawn(&options, None).await?;
     let setup = Setup::for_scenario(Scenario::Drain);
-    queueing.prepare(&setup, code(args)?.as_deref()).await?;
+    queueing.prepare(&setup, code(args)?.as_ref()).await?;
     let load = Load {
         url: queueing.url().to_owned(),
         function: setup.function.to_owned(),
@@ -303,6 +324,7 @@ async fn drain(args: &BenchArgs) -> Result<Report, BenchError> {
         payload_bytes: args.payload_bytes,
         fail_share: 0.0,
         signer: None,
+        cold: false,
     };
     let progress = Progress::new(args, "queue", None);
     let sent = load.run(&progress.sent).await?;

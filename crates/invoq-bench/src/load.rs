@@ -37,6 +37,9 @@ pub struct Load {
     pub fail_share: f64,
     /// Signs every invoke (`--sign`).
     pub signer: Option<crate::sign::Signer>,
+    /// Run every invoke on a fresh process (`--cold`): before each one, and outside its
+    /// latency, a configuration update retires the warm ones.
+    pub cold: bool,
 }
 
 /// One invoke: when it was meant to go, how long until it was answered, and the answer.
@@ -120,6 +123,12 @@ impl Load {
             padding: "x".repeat(self.payload_bytes),
             fail_share: self.fail_share,
             clock: Clock::now(),
+            configuration_url: self.cold.then(|| {
+                format!(
+                    "{}/2015-03-31/functions/{}/configuration",
+                    self.url, self.function
+                )
+            }),
         });
         // One warm-up invoke, so that connection setup and lazy queue creation are not
         // measured (not counted in the results).
@@ -163,10 +172,14 @@ impl Load {
                     tokio::spawn(async move {
                         loop {
                             let index = next.fetch_add(1, Ordering::Relaxed);
-                            let now = Instant::now();
-                            if now >= deadline || index >= limit {
+                            if Instant::now() >= deadline || index >= limit {
                                 break;
                             }
+                            if let Err(error) = sender.retire_warm_processes(index).await {
+                                let _ = results.send(Err(error));
+                                break;
+                            }
+                            let now = Instant::now();
                             let sent = sender.send(index, now, sender.fails(index)).await;
                             counter.add_one();
                             if results.send(sent).is_err() {
@@ -194,9 +207,52 @@ struct Sender {
     padding: String,
     fail_share: f64,
     clock: Clock,
+    /// Set with `--cold`: the function's configuration, updated before every invoke.
+    configuration_url: Option<String>,
 }
 
 impl Sender {
+    /// With `--cold`, gives the function a new revision (an environment variable changes)
+    /// and waits until it is deployed: the runtime starts a fresh process for the next
+    /// invoke, as Lambda does after an update.
+    async fn retire_warm_processes(&self, index: u64) -> Result<(), BenchError> {
+        let Some(url) = &self.configuration_url else {
+            return Ok(());
+        };
+        let body = serde_json::json!({
+            "Environment": {"Variables": {"INVOQ_BENCH_REVISION": index.to_string()}}
+        });
+        let update = self.client.put(url).json(&body).build()?;
+        let response = self.execute_signed(update).await?;
+        if !response.status().is_success() {
+            return Err(BenchError::Setup(format!(
+                "UpdateFunctionConfiguration answered {}",
+                response.status()
+            )));
+        }
+        for _ in 0..5_000 {
+            let poll = self.execute_signed(self.client.get(url).build()?).await?;
+            let configuration: serde_json::Value = poll.json().await?;
+            if configuration["LastUpdateStatus"] == "Successful" {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Err(BenchError::Setup(
+            "the configuration update did not finish in 10 s".into(),
+        ))
+    }
+
+    async fn execute_signed(
+        &self,
+        mut request: reqwest::Request,
+    ) -> Result<reqwest::Response, BenchError> {
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut request)?;
+        }
+        Ok(self.client.execute(request).await?)
+    }
+
     /// Whether event `index` fails its first attempt: spread evenly, not at random, so that
     /// runs repeat.
     fn fails(&self, index: u64) -> bool {
@@ -210,17 +266,14 @@ impl Sender {
             u8::from(fails),
             self.padding
         );
-        let mut request = self
+        let request = self
             .client
             .post(&self.url)
             .header("X-Amz-Invocation-Type", self.invocation_type)
             .header("Content-Type", "application/json")
             .body(body)
             .build()?;
-        if let Some(signer) = &self.signer {
-            signer.sign(&mut request)?;
-        }
-        let response = self.client.execute(request).await?;
+        let response = self.execute_signed(request).await?;
         let status = response.status();
         let request_id = status
             .is_success()
