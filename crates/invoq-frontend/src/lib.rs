@@ -234,7 +234,12 @@ impl Frontend {
             let zip = self.code(code_sha256_hex)?;
             self.runtime.put_code(code_sha256_hex, zip).await?;
         }
-        self.runtime.prepare_runtime(&record.runtime).await
+        // Only a managed runtime has anything to prepare; the others ask nothing of the
+        // runtime service until they run.
+        if invoq_runtime::MANAGED_RUNTIMES.contains(&record.runtime.as_str()) {
+            self.runtime.prepare_runtime(&record.runtime).await?;
+        }
+        Ok(())
     }
 
     /// What the retry worker needs to run an event of `function_name` now: the function's

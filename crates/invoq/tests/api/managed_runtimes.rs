@@ -22,7 +22,7 @@ use crate::harness::{
 
 /// Where the runtimes are installed: `INVOQ_RUNTIMES_DIR` when set (by xtask), else one
 /// directory under the target dir, shared by every test process.
-fn runtimes_dir() -> PathBuf {
+pub(crate) fn runtimes_dir() -> PathBuf {
     std::env::var_os("INVOQ_RUNTIMES_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("invoq-runtimes"))
@@ -30,7 +30,7 @@ fn runtimes_dir() -> PathBuf {
 
 /// The newest runtime of `language` this host's interpreters serve. The tests need one of
 /// each: their absence is a failure, not a skip.
-async fn offered(language: &str) -> String {
+pub(crate) async fn offered(language: &str) -> String {
     let runtimes = ManagedRuntimes::scan(runtimes_dir()).await;
     let offered = runtimes.offered();
     offered

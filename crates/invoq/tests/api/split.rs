@@ -6,7 +6,9 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{InvocationType, Runtime};
 use serde_json::{Value, json};
 
-use crate::harness::{Invoq, create_builtin, create_function, data_dir, shell_echo_zip};
+use crate::harness::{
+    Invoq, code_zip, create_builtin, create_function, data_dir, repository_file, shell_echo_zip,
+};
 
 /// The shared secret every process of these deployments is given.
 const TOKEN: [(&str, &str); 1] = [("INVOQ_GRPC_TOKEN", "split-deployment-secret")];
@@ -85,6 +87,33 @@ async fn frontend_and_runtime_run_as_separate_processes() {
     };
     assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
 
+    // A managed runtime: the runtime service's host says it has the interpreter, and
+    // installs the client (or finds it installed) while the function is Pending.
+    let python = crate::managed_runtimes::offered("python").await;
+    let python_code = code_zip(&[(
+        "app.py",
+        &repository_file("../../examples/python-echo/app.py"),
+    )]);
+    create_function(
+        &client,
+        "python",
+        Runtime::from(python.as_str()),
+        "app.handler",
+        Some(python_code),
+    )
+    .await;
+    let invoke_python = || async {
+        let output = client
+            .invoke()
+            .function_name("python")
+            .payload(Blob::new(r#"{"via":"python"}"#))
+            .send()
+            .await
+            .expect("invoke python through the split deployment");
+        serde_json::from_slice::<Value>(output.payload().unwrap().as_ref()).unwrap()
+    };
+    assert_eq!(invoke_python().await, json!({"via": "python"}));
+
     // This frontend's queue service is not running: Event invokes are refused, never
     // answered 202.
     let event = client
@@ -96,16 +125,19 @@ async fn frontend_and_runtime_run_as_separate_processes() {
         .expect_err("no queue, no 202");
     assert_eq!(event.code(), Some("ServiceException"));
 
-    // A runtime that comes back empty gets the code again from the frontend on first use.
+    // A runtime that comes back empty gets the code again from the frontend on first use,
+    // and installs the managed runtime's client again at its first cold start.
     runtime.kill();
     let fresh_data = data_dir();
+    let fresh_runtimes = fresh_data.path().join("runtimes").display().to_string();
     let _runtime = Invoq::start(
         &["runtime", "--grpc-addr", &runtime_addr],
         fresh_data.path(),
-        &TOKEN,
+        &[TOKEN[0], ("INVOQ_RUNTIMES_DIR", fresh_runtimes.as_str())],
         1,
     );
     assert_eq!(invoke_shell().await["echo"], json!({"via": "grpc"}));
+    assert_eq!(invoke_python().await, json!({"via": "python"}));
 }
 
 #[tokio::test]
