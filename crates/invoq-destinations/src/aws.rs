@@ -9,12 +9,9 @@
 //! and SNS message, and derives `MessageGroupId` / `MessageDeduplicationId` for FIFO targets,
 //! so at-least-once delivery can be deduplicated by consumers.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, SdkConfig};
-
+use aws_config::SdkConfig;
+use invoq_aws::{DisplayErrorContext, PerRegion, QueueUrls};
 use invoq_domain::arn::{Arn, Service};
 
 use crate::{Attribute, Delivery, DeliveryError, DeliveryKind, Destination};
@@ -23,12 +20,10 @@ const SUCCESS_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Success";
 const FAILURE_DETAIL_TYPE: &str = "Lambda Function Invocation Result - Failure";
 
 pub struct AwsDestinations {
-    config: SdkConfig,
     /// S3 bucket ARNs name no region: one client, in the configured region.
     s3: aws_sdk_s3::Client,
-    clients: Mutex<HashMap<String, RegionClients>>,
-    /// Queue URLs by queue ARN.
-    queue_urls: Mutex<HashMap<String, String>>,
+    clients: PerRegion<RegionClients>,
+    queue_urls: QueueUrls,
 }
 
 #[derive(Clone)]
@@ -38,76 +33,39 @@ struct RegionClients {
     eventbridge: aws_sdk_eventbridge::Client,
 }
 
+impl RegionClients {
+    fn new(config: &SdkConfig, region: &str) -> Self {
+        let sns = aws_sdk_sns::config::Builder::from(config)
+            .region(aws_sdk_sns::config::Region::new(region.to_owned()))
+            .build();
+        let eventbridge = aws_sdk_eventbridge::config::Builder::from(config)
+            .region(aws_sdk_eventbridge::config::Region::new(region.to_owned()))
+            .build();
+        RegionClients {
+            sqs: invoq_aws::sqs_client(config, region),
+            sns: aws_sdk_sns::Client::from_conf(sns),
+            eventbridge: aws_sdk_eventbridge::Client::from_conf(eventbridge),
+        }
+    }
+}
+
 impl AwsDestinations {
     pub fn new(config: SdkConfig) -> Self {
         AwsDestinations {
-            s3: s3_client(&config),
-            config,
-            clients: Mutex::new(HashMap::new()),
-            queue_urls: Mutex::new(HashMap::new()),
+            s3: invoq_aws::s3_client(&config),
+            clients: PerRegion::new(config, RegionClients::new),
+            queue_urls: QueueUrls::default(),
         }
-    }
-
-    fn clients(&self, region: &str) -> RegionClients {
-        let mut clients = self.clients.lock().expect("aws clients poisoned");
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| {
-                let sqs = aws_sdk_sqs::config::Builder::from(&self.config)
-                    .region(aws_sdk_sqs::config::Region::new(region.to_owned()))
-                    .build();
-                let sns = aws_sdk_sns::config::Builder::from(&self.config)
-                    .region(aws_sdk_sns::config::Region::new(region.to_owned()))
-                    .build();
-                let eventbridge = aws_sdk_eventbridge::config::Builder::from(&self.config)
-                    .region(aws_sdk_eventbridge::config::Region::new(region.to_owned()))
-                    .build();
-                RegionClients {
-                    sqs: aws_sdk_sqs::Client::from_conf(sqs),
-                    sns: aws_sdk_sns::Client::from_conf(sns),
-                    eventbridge: aws_sdk_eventbridge::Client::from_conf(eventbridge),
-                }
-            })
-            .clone()
-    }
-
-    async fn queue_url(
-        &self,
-        sqs: &aws_sdk_sqs::Client,
-        arn: &Arn,
-        target: &str,
-    ) -> Result<String, DeliveryError> {
-        if let Some(url) = self
-            .queue_urls
-            .lock()
-            .expect("queue urls poisoned")
-            .get(target)
-        {
-            return Ok(url.clone());
-        }
-        let mut request = sqs.get_queue_url().queue_name(&arn.resource);
-        if !arn.account.is_empty() {
-            request = request.queue_owner_aws_account_id(&arn.account);
-        }
-        let output = request
-            .send()
-            .await
-            .map_err(|error| failed(target, error))?;
-        let url = output
-            .queue_url()
-            .ok_or_else(|| DeliveryError::failed(target, "no queue url returned"))?
-            .to_owned();
-        self.queue_urls
-            .lock()
-            .expect("queue urls poisoned")
-            .insert(target.to_owned(), url.clone());
-        Ok(url)
     }
 
     async fn send_to_queue(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
-        let sqs = self.clients(&arn.region).sqs;
-        let queue_url = self.queue_url(&sqs, arn, target).await?;
+        let sqs = self.clients.get(&arn.region).sqs;
+        let queue_url = self
+            .queue_urls
+            .resolve(&sqs, arn)
+            .await
+            .map_err(|error| failed(target, error))?;
         let mut request = sqs
             .send_message()
             .queue_url(&queue_url)
@@ -124,11 +82,7 @@ impl AwsDestinations {
         match request.send().await {
             Ok(_) => Ok(()),
             Err(error) => {
-                // The queue may have been deleted and recreated under a new URL.
-                self.queue_urls
-                    .lock()
-                    .expect("queue urls poisoned")
-                    .remove(target);
+                self.queue_urls.forget(arn);
                 Err(failed(target, error))
             }
         }
@@ -136,7 +90,7 @@ impl AwsDestinations {
 
     async fn publish(&self, arn: &Arn, delivery: &Delivery) -> Result<(), DeliveryError> {
         let target = &delivery.target_arn;
-        let sns = self.clients(&arn.region).sns;
+        let sns = self.clients.get(&arn.region).sns;
         let mut request = sns.publish().topic_arn(target).message(&delivery.body);
         for attribute in delivery.attributes() {
             let value = aws_sdk_sns::types::MessageAttributeValue::builder()
@@ -179,7 +133,7 @@ impl AwsDestinations {
             .resources(target)
             .resources(function_arn)
             .build();
-        let eventbridge = self.clients(&arn.region).eventbridge;
+        let eventbridge = self.clients.get(&arn.region).eventbridge;
         let output = eventbridge
             .put_events()
             .entries(entry)
@@ -233,29 +187,6 @@ impl Destination for AwsDestinations {
     }
 }
 
-/// An S3 client for `config`, with path-style addressing where an endpoint is set
-/// (LocalStack, moto), since `bucket.127.0.0.1` is no host.
-pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let s3 = aws_sdk_s3::config::Builder::from(config)
-        .force_path_style(config.endpoint_url().is_some())
-        .build();
-    aws_sdk_s3::Client::from_conf(s3)
-}
-
-/// The standard AWS environment (endpoint, credentials) for clients that take each call's
-/// region from an ARN: the default region comes from `AWS_REGION` / `AWS_DEFAULT_REGION` only
-/// and is never looked up on the instance-metadata service.
-pub async fn sdk_config_from_env() -> SdkConfig {
-    let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .into_iter()
-        .find_map(|name| std::env::var(name).ok().filter(|region| !region.is_empty()))
-        .unwrap_or_else(|| "us-east-1".to_owned());
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(aws_config::Region::new(region))
-        .load()
-        .await
-}
-
 fn sqs_attribute(
     attribute: &Attribute,
     target: &str,
@@ -267,14 +198,7 @@ fn sqs_attribute(
         .map_err(|error| failed(target, error))
 }
 
-/// SDK errors print only their kind by default; the source chain says what went wrong.
-fn failed(target: &str, error: impl std::error::Error) -> DeliveryError {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    DeliveryError::failed(target, message)
+/// SDK errors print only their kind by default; their context says what went wrong.
+fn failed<E: std::error::Error>(target: &str, error: E) -> DeliveryError {
+    DeliveryError::failed(target, DisplayErrorContext(error))
 }

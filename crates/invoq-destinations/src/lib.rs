@@ -195,7 +195,7 @@ mod s3_key_tests {
 pub struct UnknownAdapters(pub String);
 
 /// The adapters for `setting` (`aws` or `file`), validated at start-up. `aws_config` is the
-/// AWS environment the `aws` adapters use (see [`aws::sdk_config_from_env`]).
+/// AWS environment the `aws` adapters use (see [`invoq_aws::sdk_config_from_env`]).
 pub fn from_setting(
     setting: &str,
     data_dir: &Path,

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
+use invoq_aws::{DisplayErrorContext, PerRegion, QueueUrls};
 use invoq_domain::asynchronous::{
     Condition, Destinations, FunctionResponse, InvocationRecord, JsonText, Outcome, QueueMessage,
     RequestContext,
@@ -47,34 +48,23 @@ const RECEIVE_WAIT_SECONDS: i32 = 5;
 
 /// SQS clients by region, with queue URLs by ARN.
 struct Sqs {
-    config: SdkConfig,
-    clients: Mutex<HashMap<String, aws_sdk_sqs::Client>>,
+    clients: PerRegion<aws_sdk_sqs::Client>,
+    urls: QueueUrls,
 }
 
 impl Sqs {
-    fn client(&self, region: &str) -> aws_sdk_sqs::Client {
-        let mut clients = self.clients.lock().expect("sqs clients poisoned");
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| {
-                aws_sdk_sqs::Client::from_conf(
-                    aws_sdk_sqs::config::Builder::from(&self.config)
-                        .region(aws_sdk_sqs::config::Region::new(region.to_owned()))
-                        .build(),
-                )
-            })
-            .clone()
+    fn new(config: SdkConfig) -> Self {
+        Sqs {
+            clients: PerRegion::new(config, invoq_aws::sqs_client),
+            urls: QueueUrls::default(),
+        }
     }
 
     /// The client and queue URL for a queue ARN.
     async fn queue(&self, arn: &str) -> Result<(aws_sdk_sqs::Client, String), String> {
         let target = invoq_domain::Arn::parse(arn).map_err(|error| format!("{arn}: {error}"))?;
-        let client = self.client(&target.region);
-        let mut request = client.get_queue_url().queue_name(&target.resource);
-        if !target.account.is_empty() {
-            request = request.queue_owner_aws_account_id(&target.account);
-        }
-        let output = request.send().await.map_err(|error| {
+        let client = self.clients.get(&target.region);
+        let url = self.urls.resolve(&client, &target).await.map_err(|error| {
             let code = error.as_service_error().and_then(|e| aws_sdk_sqs::error::ProvideErrorMetadata::code(e).map(str::to_owned));
             match code.as_deref() {
                 Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => {
@@ -82,14 +72,17 @@ impl Sqs {
                      SQS Error Message: The specified queue does not exist."
                         .to_owned()
                 }
-                _ => format!("cannot reach {arn}: {error}"),
+                _ => format!("cannot reach {arn}: {}", DisplayErrorContext(&error)),
             }
         })?;
-        let url = output
-            .queue_url()
-            .ok_or_else(|| format!("no url for {arn}"))?
-            .to_owned();
         Ok((client, url))
+    }
+
+    /// Forgets the URL of a queue whose calls failed: it may have been recreated.
+    fn forget(&self, arn: &str) {
+        if let Ok(target) = invoq_domain::Arn::parse(arn) {
+            self.urls.forget(&target);
+        }
     }
 }
 
@@ -112,10 +105,7 @@ impl Pollers {
         queue: Arc<dyn EventQueue>,
     ) -> Arc<Self> {
         Arc::new(Pollers {
-            sqs: Sqs {
-                config,
-                clients: Mutex::new(HashMap::new()),
-            },
+            sqs: Sqs::new(config),
             runtime,
             directory,
             queue,
@@ -177,7 +167,9 @@ impl Pollers {
 
     async fn poll_once(&self, mapping: &EventSourceMapping) -> Result<(), String> {
         let (sqs, url) = self.sqs.queue(&mapping.event_source_arn).await?;
-        let messages = receive_batch(&sqs, &url, mapping).await?;
+        let messages = receive_batch(&sqs, &url, mapping)
+            .await
+            .inspect_err(|_| self.sqs.forget(&mapping.event_source_arn))?;
         if messages.is_empty() {
             return Ok(());
         }
@@ -516,10 +508,7 @@ pub struct SqsSourceChecker {
 impl SqsSourceChecker {
     pub fn new(config: SdkConfig) -> Self {
         SqsSourceChecker {
-            sqs: Sqs {
-                config,
-                clients: Mutex::new(HashMap::new()),
-            },
+            sqs: Sqs::new(config),
         }
     }
 }
@@ -527,6 +516,8 @@ impl SqsSourceChecker {
 #[async_trait]
 impl EventSourceChecker for SqsSourceChecker {
     async fn check(&self, event_source_arn: &str) -> Result<(), String> {
+        // Always asked afresh: the queue must exist now, not when it was last seen.
+        self.sqs.forget(event_source_arn);
         self.sqs.queue(event_source_arn).await.map(drop)
     }
 }

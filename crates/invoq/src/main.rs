@@ -491,7 +491,7 @@ impl QueueArgs {
         };
         let mut queue = SqsQueue::new(aws_sdk_sqs::Client::new(aws), options)?;
         if let Some(bucket) = &self.sqs_payload_bucket {
-            let s3 = invoq_destinations::aws::s3_client(aws);
+            let s3 = invoq_aws::s3_client(aws);
             queue = queue.with_payload_bucket(PayloadBucket::new(s3, bucket.clone()));
         }
         Ok(Arc::new(queue))
@@ -577,7 +577,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(other) => anyhow::bail!("INVOQ_LOG_FORMAT must be text or json, not {other}"),
     }
     // One AWS environment for the adapters, the pollers and the SQS queue backend.
-    let aws = || invoq_destinations::aws::sdk_config_from_env();
+    let aws = || invoq_aws::sdk_config_from_env();
     let cli = Cli::parse();
     let _ = GRPC_TOKEN.set(cli.grpc.token()?);
     match cli.command {

@@ -233,7 +233,7 @@ async fn a_function_destination_runs_with_the_record_as_its_event() {
 async fn an_s3_on_failure_destination_gets_one_object_per_record() {
     let aws = AwsStandIn::start();
     let config = aws.sdk_config().await;
-    let s3 = invoq_destinations::aws::s3_client(&config);
+    let s3 = invoq_aws::s3_client(&config);
     s3.create_bucket().bucket("failures").send().await.unwrap();
     let data = data_dir();
     let invoq = serve_invoq_on(&aws, data.path(), "0.01");

@@ -281,7 +281,7 @@ async fn first_success(data: &Path, request_id: &str) -> (String, Value) {
 async fn on_sqs_with_a_payload_bucket_a_megabyte_event_runs() {
     let aws = AwsStandIn::start();
     let config = aws.sdk_config().await;
-    let s3 = invoq_destinations::aws::s3_client(&config);
+    let s3 = invoq_aws::s3_client(&config);
     s3.create_bucket()
         .bucket("invoq-bodies")
         .send()
