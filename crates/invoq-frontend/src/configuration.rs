@@ -2,24 +2,22 @@
 //! their validation in AWS's words, and the `FunctionConfiguration` JSON Lambda returns.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use invoq_domain::arn::{Arn, ArnError, Service};
 use invoq_domain::limits::{
-    DEFAULT_MEMORY_SIZE_MB, DEFAULT_TIMEOUT_SECONDS, ENVIRONMENT_MAX_BYTES, MAX_MEMORY_SIZE_MB,
-    MAX_TIMEOUT_SECONDS, MIN_MEMORY_SIZE_MB,
+    ENVIRONMENT_MAX_BYTES, MAX_MEMORY_SIZE_MB, MAX_TIMEOUT_SECONDS, MIN_MEMORY_SIZE_MB,
 };
 use invoq_domain::{ApiError, LATEST, Location};
 use invoq_runtime::{
-    BUILTIN_HANDLERS, BUILTIN_RUNTIME, FunctionSpec, MANAGED_RUNTIMES, PROCESS_RUNTIMES,
-    RuntimeError, RuntimeService,
+    BUILTIN_HANDLERS, BUILTIN_RUNTIME, MANAGED_RUNTIMES, PROCESS_RUNTIMES, RuntimeError,
+    RuntimeService,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::function_store::{CodeRef, FunctionRecord, FunctionState, UpdateStatus};
+use invoq_registry::{FunctionRecord, FunctionState, UpdateStatus};
 
 /// Settings CreateFunction and UpdateFunctionConfiguration share. Absent fields keep their
 /// current value.
@@ -354,75 +352,6 @@ fn validate_environment(variables: &BTreeMap<String, String>) -> Result<(), ApiE
         ));
     }
     Ok(())
-}
-
-/// A fresh `$LATEST` with Lambda's defaults, before the request's settings apply.
-pub(crate) fn new_record(name: &str, code: CodeRef) -> FunctionRecord {
-    FunctionRecord {
-        name: name.to_owned(),
-        runtime: String::new(),
-        role: String::new(),
-        handler: String::new(),
-        description: String::new(),
-        timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
-        memory_size_mb: DEFAULT_MEMORY_SIZE_MB,
-        environment: None,
-        dead_letter_target_arn: None,
-        tracing_mode: "PassThrough".to_owned(),
-        architectures: vec!["x86_64".to_owned()],
-        ephemeral_storage_mb: 512,
-        tags: BTreeMap::new(),
-        code,
-        last_modified: now_timestamp(),
-        revision_id: uuid::Uuid::new_v4().to_string(),
-        state: FunctionState::Pending,
-        failure_reason: None,
-        last_update_status: None,
-        reserved_concurrency: None,
-        event_invoke_configs: BTreeMap::new(),
-        recursive_loop: Default::default(),
-    }
-}
-
-/// Marks a record as changed: new revision, new LastModified, update in progress.
-pub(crate) fn mark_updated(record: &mut FunctionRecord) {
-    record.last_modified = now_timestamp();
-    record.revision_id = uuid::Uuid::new_v4().to_string();
-    record.last_update_status = Some(UpdateStatus::InProgress);
-    record.failure_reason = None;
-}
-
-/// `FunctionConfiguration.LastModified`: `2019-11-14T18:16:05.568+0000`.
-fn now_timestamp() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
-}
-
-/// The package the runtime must hold to run this function, if it runs a process.
-pub(crate) fn deployed_code(record: &FunctionRecord) -> Option<&str> {
-    (record.runtime != BUILTIN_RUNTIME).then_some(record.code.sha256_hex.as_str())
-}
-
-/// What the runtime needs to run `$LATEST`.
-pub(crate) fn function_spec(record: &FunctionRecord, location: &Location) -> FunctionSpec {
-    FunctionSpec {
-        function_name: record.name.clone(),
-        function_arn: location.function_arn(&record.name),
-        version: LATEST.to_owned(),
-        runtime: record.runtime.clone(),
-        handler: record.handler.clone(),
-        timeout: Duration::from_secs(u64::from(record.timeout_seconds)),
-        memory_size_mb: record.memory_size_mb,
-        environment: record.environment.clone().unwrap_or_default(),
-        code_sha256_hex: deployed_code(record).map(str::to_owned),
-        revision_id: record.revision_id.clone(),
-        reserved_concurrency: record.reserved_concurrency,
-        region: location.region.clone(),
-    }
 }
 
 /// Lambda's `FunctionConfiguration` shape.

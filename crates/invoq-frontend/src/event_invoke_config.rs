@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::Frontend;
 use crate::configuration::validate_range;
-use crate::function_store::FunctionRecord;
 use crate::functions::QualifierQuery;
 use crate::http::{ApiResult, json_response, parse_json_body};
+use invoq_registry::FunctionRecord;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -92,13 +92,16 @@ pub(crate) async fn delete(
     Query(query): Query<QualifierQuery>,
 ) -> ApiResult {
     let (record, qualifier) = frontend.config_target(&function_name, query.qualifier.as_deref())?;
-    frontend.store.update(&record.name, |record| {
-        record
-            .event_invoke_configs
-            .remove(&qualifier)
-            .map(drop)
-            .ok_or_else(|| frontend.no_config(&record.name, &qualifier))
-    })?;
+    frontend
+        .registry
+        .functions()
+        .update(&record.name, |record| {
+            record
+                .event_invoke_configs
+                .remove(&qualifier)
+                .map(drop)
+                .ok_or_else(|| frontend.no_config(&record.name, &qualifier))
+        })?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -144,7 +147,7 @@ impl Frontend {
         let request: ConfigRequest = parse_json_body(body)?;
         let (record, qualifier) = self.config_target(function_name, qualifier)?;
         let changes = self.validate(&record.name, &request)?;
-        let updated = self.store.update(&record.name, |record| {
+        let updated = self.registry.functions().update(&record.name, |record| {
             let current = record.event_invoke_configs.get(&qualifier);
             let mut config = match (replace, current) {
                 (true, _) => EventInvokeConfig::default(),
@@ -186,7 +189,7 @@ impl Frontend {
         let function = FunctionRef::parse(function_name, qualifier)?;
         match (
             function.qualifier_or_latest(),
-            self.store.get(&function.name),
+            self.registry.functions().get(&function.name),
         ) {
             (Qualifier::Latest, Some(record)) => Ok((record, Qualifier::Latest.to_string())),
             _ => Err(function_does_not_exist()),
@@ -314,7 +317,7 @@ impl Frontend {
                     Err(ApiError::invalid_parameter(
                         "You can't specify the function as a destination for itself.",
                     ))
-                } else if self.store.get(target).is_some() {
+                } else if self.registry.functions().get(target).is_some() {
                     Ok(())
                 } else {
                     Err(ApiError::invalid_parameter(format!(

@@ -1,12 +1,9 @@
 //! Create / Get / List / Update / Delete EventSourceMapping (lambda-spec.md §6), for SQS
-//! sources. Mappings are persisted in `<data-dir>/event-source-mappings/<uuid>.json`;
-//! every change is published to the pollers ([`Frontend::subscribe_mappings`]).
+//! sources: their shapes and validation. The registry stores them and publishes every change
+//! to the pollers.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
@@ -18,88 +15,12 @@ use invoq_domain::event_source::{
 use invoq_domain::{ApiError, ErrorCode, FunctionRef};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+
+use invoq_registry::EventSourceChecker;
 
 use crate::Frontend;
 use crate::configuration::validate_range;
-use crate::function_store::{storage_error, write_atomically};
 use crate::http::{ApiResult, json_response, parse_json_body};
-
-/// Checks that an event source exists before a mapping to it is created.
-#[async_trait]
-pub trait EventSourceChecker: Send + Sync + 'static {
-    /// `Err` carries AWS's message for the missing source.
-    async fn check(&self, event_source_arn: &str) -> Result<(), String>;
-}
-
-pub(crate) struct MappingStore {
-    dir: PathBuf,
-    mappings: Mutex<BTreeMap<String, EventSourceMapping>>,
-    published: watch::Sender<Vec<EventSourceMapping>>,
-}
-
-impl MappingStore {
-    pub(crate) fn open(data_dir: &Path) -> std::io::Result<Self> {
-        let dir = data_dir.join("event-source-mappings");
-        std::fs::create_dir_all(&dir)?;
-        let mut mappings = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path
-                .extension()
-                .is_some_and(|extension| extension == "json")
-            {
-                let mapping: EventSourceMapping = serde_json::from_slice(&std::fs::read(&path)?)
-                    .map_err(|error| {
-                        std::io::Error::other(format!("{}: {error}", path.display()))
-                    })?;
-                mappings.insert(mapping.uuid.clone(), mapping);
-            }
-        }
-        let (published, _) = watch::channel(mappings.values().cloned().collect());
-        Ok(MappingStore {
-            dir,
-            mappings: Mutex::new(mappings),
-            published,
-        })
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Vec<EventSourceMapping>> {
-        self.published.subscribe()
-    }
-
-    fn get(&self, uuid: &str) -> Option<EventSourceMapping> {
-        self.lock().get(uuid).cloned()
-    }
-
-    fn all(&self) -> Vec<EventSourceMapping> {
-        self.lock().values().cloned().collect()
-    }
-
-    fn put(&self, mapping: EventSourceMapping) -> Result<(), ApiError> {
-        let json = serde_json::to_vec_pretty(&mapping).map_err(|e| storage_error(e.into()))?;
-        write_atomically(&self.dir.join(format!("{}.json", mapping.uuid)), &json)
-            .map_err(storage_error)?;
-        let mut mappings = self.lock();
-        mappings.insert(mapping.uuid.clone(), mapping);
-        self.published
-            .send_replace(mappings.values().cloned().collect());
-        Ok(())
-    }
-
-    fn remove(&self, uuid: &str) -> Result<(), ApiError> {
-        std::fs::remove_file(self.dir.join(format!("{uuid}.json"))).map_err(storage_error)?;
-        let mut mappings = self.lock();
-        mappings.remove(uuid);
-        self.published
-            .send_replace(mappings.values().cloned().collect());
-        Ok(())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EventSourceMapping>> {
-        self.mappings.lock().expect("mapping store poisoned")
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -176,7 +97,7 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
         last_modified: 0.0,
     };
     apply(&mut mapping, &request)?;
-    if let Some(existing) = frontend.mappings.all().into_iter().find(|m| {
+    if let Some(existing) = frontend.registry.mappings().all().into_iter().find(|m| {
         m.event_source_arn == event_source_arn && m.function_name == mapping.function_name
     }) {
         return Err(ApiError::conflict(format!(
@@ -195,7 +116,7 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
         .check(&event_source_arn)
         .await
         .map_err(ApiError::invalid_parameter)?;
-    frontend.mappings.put(mapping.clone())?;
+    frontend.registry.mappings().put(mapping.clone())?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         &frontend.mapping_json(&mapping, "Creating"),
@@ -206,7 +127,11 @@ pub(crate) async fn get(
     State(frontend): State<Arc<Frontend>>,
     UrlPath(uuid): UrlPath<String>,
 ) -> ApiResult {
-    let mapping = frontend.mappings.get(&uuid).ok_or_else(mapping_not_found)?;
+    let mapping = frontend
+        .registry
+        .mappings()
+        .get(&uuid)
+        .ok_or_else(mapping_not_found)?;
     Ok(json_response(
         StatusCode::OK,
         &frontend.mapping_json(&mapping, &mapping.state),
@@ -235,19 +160,24 @@ pub(crate) async fn list(
         .as_deref()
         .map(|name| FunctionRef::parse(name, None).map(|f| f.name))
         .transpose()?;
-    let mut matching = frontend.mappings.all().into_iter().filter(|mapping| {
-        query
-            .event_source_arn
-            .as_ref()
-            .is_none_or(|arn| *arn == mapping.event_source_arn)
-            && function_name
+    let mut matching = frontend
+        .registry
+        .mappings()
+        .all()
+        .into_iter()
+        .filter(|mapping| {
+            query
+                .event_source_arn
                 .as_ref()
-                .is_none_or(|name| *name == mapping.function_name)
-            && query
-                .marker
-                .as_ref()
-                .is_none_or(|marker| mapping.uuid > *marker)
-    });
+                .is_none_or(|arn| *arn == mapping.event_source_arn)
+                && function_name
+                    .as_ref()
+                    .is_none_or(|name| *name == mapping.function_name)
+                && query
+                    .marker
+                    .as_ref()
+                    .is_none_or(|marker| mapping.uuid > *marker)
+        });
     let page: Vec<EventSourceMapping> = matching.by_ref().take(max_items).collect();
     let mut body = json!({
         "EventSourceMappings": page.iter().map(|m| frontend.mapping_json(m, &m.state)).collect::<Vec<Value>>(),
@@ -266,14 +196,18 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> ApiResult {
     let request: MappingRequest = parse_json_body(&body)?;
-    let mut mapping = frontend.mappings.get(&uuid).ok_or_else(mapping_not_found)?;
+    let mut mapping = frontend
+        .registry
+        .mappings()
+        .get(&uuid)
+        .ok_or_else(mapping_not_found)?;
     if let Some(function_name) = &request.function_name {
         let (name, function_arn) = frontend.mapping_function(function_name)?;
         mapping.function_name = name;
         mapping.function_arn = function_arn;
     }
     apply(&mut mapping, &request)?;
-    frontend.mappings.put(mapping.clone())?;
+    frontend.registry.mappings().put(mapping.clone())?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         &frontend.mapping_json(&mapping, "Updating"),
@@ -284,8 +218,12 @@ pub(crate) async fn delete(
     State(frontend): State<Arc<Frontend>>,
     UrlPath(uuid): UrlPath<String>,
 ) -> ApiResult {
-    let mapping = frontend.mappings.get(&uuid).ok_or_else(mapping_not_found)?;
-    frontend.mappings.remove(&uuid)?;
+    let mapping = frontend
+        .registry
+        .mappings()
+        .get(&uuid)
+        .ok_or_else(mapping_not_found)?;
+    frontend.registry.mappings().remove(&uuid)?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         &frontend.mapping_json(&mapping, "Deleting"),
@@ -406,7 +344,7 @@ impl Frontend {
     /// qualified it.
     fn mapping_function(&self, function_name: &str) -> Result<(String, String), ApiError> {
         let function = FunctionRef::parse(function_name, None)?;
-        if self.store.get(&function.name).is_none() {
+        if self.registry.functions().get(&function.name).is_none() {
             return Err(ApiError::invalid_parameter("Function does not exist"));
         }
         let arn = match &function.qualifier {
@@ -452,11 +390,6 @@ impl Frontend {
             body["MaximumRetryAttempts"] = json!(retries);
         }
         body
-    }
-
-    /// The mappings, now and after every change: what the pollers run.
-    pub fn subscribe_mappings(&self) -> watch::Receiver<Vec<EventSourceMapping>> {
-        self.mappings.subscribe()
     }
 
     /// Sets how new mappings' sources are checked (done by whoever runs the pollers).

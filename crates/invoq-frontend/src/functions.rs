@@ -19,10 +19,9 @@ use serde_json::{Value, json};
 use crate::Frontend;
 use crate::configuration::{
     CodeInput, ConfigurationInput, check_host_runtime, check_package, configuration_json,
-    mark_updated, new_record,
 };
-use crate::function_store::FunctionRecord;
 use crate::http::{ApiResult, ErrorResponse, json_response, parse_json_body};
+use invoq_registry::FunctionRecord;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct QualifierQuery {
@@ -87,9 +86,10 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
         );
     }
     let code = frontend
-        .store
+        .registry
+        .functions()
         .put_code(zip.as_deref().unwrap_or_default())?;
-    let mut record = new_record(&function.name, code);
+    let mut record = FunctionRecord::new(&function.name, code);
     record.tags = request.tags.unwrap_or_default();
     if let Some(architectures) = request.architectures {
         record.architectures = validate_architectures(architectures)?;
@@ -100,8 +100,8 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
     )
     .await?;
     request.configuration.apply(&mut record)?;
-    let record = frontend.store.create(record)?;
-    tokio::spawn(frontend.clone().settle(record.name.clone()));
+    let record = frontend.registry.functions().create(record)?;
+    frontend.registry.deploy_in_background(record.name.clone());
     Ok(json_response(
         StatusCode::CREATED,
         &configuration_json(&record, &frontend.location),
@@ -174,7 +174,10 @@ pub(crate) async fn list(
         }
     };
     let marker = query.marker.filter(|marker| !marker.is_empty());
-    let (page, more) = frontend.store.list(marker.as_deref(), max_items);
+    let (page, more) = frontend
+        .registry
+        .functions()
+        .list(marker.as_deref(), max_items);
     let mut response = json!({
         "Functions": page
             .iter()
@@ -247,7 +250,7 @@ pub(crate) async fn update_code(
             &configuration_json(&record, &frontend.location),
         ));
     }
-    let code = frontend.store.put_code(&zip)?;
+    let code = frontend.registry.functions().put_code(&zip)?;
     let record = frontend.update_latest(&function_name, request.revision_id, |record| {
         record.code = code;
         if let Some(architectures) = architectures {
@@ -281,7 +284,7 @@ pub(crate) async fn delete(
                 .into());
         }
     }
-    match frontend.store.delete(&function.name)? {
+    match frontend.registry.functions().delete(&function.name)? {
         Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         None => Err(frontend.not_found(&function.name, None).into()),
     }
@@ -310,7 +313,12 @@ pub(crate) async fn put_concurrency(
         .into());
     }
     let record = frontend.find(&function_name, None)?;
-    let reserved_elsewhere = i64::from(frontend.store.reserved_concurrency_except(&record.name));
+    let reserved_elsewhere = i64::from(
+        frontend
+            .registry
+            .functions()
+            .reserved_concurrency_except(&record.name),
+    );
     if reserved_elsewhere + reserved > i64::from(ACCOUNT_CONCURRENCY - MIN_UNRESERVED_CONCURRENCY) {
         return Err(ApiError::invalid_parameter(format!(
             "Specified ReservedConcurrentExecutions for function decreases account's \
@@ -403,7 +411,7 @@ pub(crate) async fn download_code(
         && code_sha256_hex
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    match is_digest.then(|| frontend.store.code(&code_sha256_hex)) {
+    match is_digest.then(|| frontend.registry.functions().code(&code_sha256_hex)) {
         Some(Ok(zip)) => ([("content-type", "application/zip")], zip).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -419,7 +427,10 @@ impl Frontend {
     ) -> Result<Arc<FunctionRecord>, ApiError> {
         let function = FunctionRef::parse(function_name, qualifier)?;
         let qualifier = function.qualifier.as_ref().map(ToString::to_string);
-        match (&function.qualifier, self.store.get(&function.name)) {
+        match (
+            &function.qualifier,
+            self.registry.functions().get(&function.name),
+        ) {
             (None | Some(Qualifier::Latest), Some(record)) => Ok(record),
             _ => Err(self.not_found(&function.name, qualifier.as_deref())),
         }
@@ -432,7 +443,8 @@ impl Frontend {
         name: &str,
         change: impl FnOnce(&mut FunctionRecord),
     ) -> Result<(), ApiError> {
-        self.store
+        self.registry
+            .functions()
             .update(name, |record| {
                 change(record);
                 Ok(())
@@ -452,7 +464,7 @@ impl Frontend {
     ) -> Result<FunctionRecord, ErrorResponse> {
         let current = self.find(function_name, None)?;
         let function_arn = self.location.function_arn(&current.name);
-        let updated = self.store.update(&current.name, |record| {
+        let updated = self.registry.functions().update(&current.name, |record| {
             if record.is_settling() {
                 return Err(ApiError::conflict(format!(
                     "The operation cannot be performed at this time. An update is in progress \
@@ -470,11 +482,11 @@ impl Frontend {
                 ));
             }
             change(record)?;
-            mark_updated(record);
+            record.mark_updated();
             Ok(())
         })?;
         let updated = updated.ok_or_else(|| self.not_found(&current.name, None))?;
-        tokio::spawn(self.clone().settle(updated.name.clone()));
+        self.registry.deploy_in_background(updated.name.clone());
         Ok(updated)
     }
 }

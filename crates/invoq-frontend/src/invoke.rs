@@ -9,21 +9,15 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use std::time::Duration;
 
-use invoq_domain::asynchronous::{
-    EVENT_PAYLOAD_MAX_BYTES, INVOKE_ASYNC_MAX_BYTES, JsonText, QueueMessage, QueuedInvocation,
-    now_ms,
-};
+use invoq_domain::asynchronous::{INVOKE_ASYNC_MAX_BYTES, JsonText};
 use invoq_domain::limits::{CLIENT_CONTEXT_MAX_BYTES, SYNC_REQUEST_MAX_BYTES};
 use invoq_domain::recursion;
 use invoq_domain::{ApiError, ErrorCode, FunctionRef, LATEST, Qualifier};
-use invoq_queue::{INVOCATIONS, QueueError, QueueItem};
+use invoq_registry::EventInvoke;
 use invoq_runtime::{Invocation, InvocationResult, RuntimeError};
 
 use crate::Frontend;
-use crate::configuration::function_spec;
-use crate::function_store::{FunctionRecord, FunctionState};
 use crate::functions::QualifierQuery;
 use crate::http::{ApiResult, ErrorResponse, REQUEST_ID};
 use crate::metrics::Metrics;
@@ -72,7 +66,7 @@ impl Frontend {
         let tail_log = log_type_is_tail(headers)?;
         let function = FunctionRef::parse(function_name, qualifier)?;
         let qualifier = function.qualifier_or_latest();
-        let record = match (&qualifier, self.store.get(&function.name)) {
+        let record = match (&qualifier, self.registry.functions().get(&function.name)) {
             (Qualifier::Latest, Some(record)) => record,
             _ => {
                 return Err(self
@@ -95,35 +89,24 @@ impl Frontend {
         if invocation_type == InvocationType::DryRun {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        check_active(&record)?;
+        if let Some(payload) = event {
+            self.registry
+                .accept_event(EventInvoke {
+                    request_id,
+                    function: &function,
+                    payload,
+                    chain_depth,
+                })
+                .await?;
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
+        record.check_active()?;
         let invoked_function_arn = match &function.qualifier {
             Some(qualifier) => self
                 .location
                 .qualified_function_arn(&record.name, &qualifier.to_string()),
             None => self.location.function_arn(&record.name),
         };
-        if let Some(event) = event {
-            if payload.len() > EVENT_PAYLOAD_MAX_BYTES {
-                return Err(ApiError::new(
-                    ErrorCode::RequestEntityTooLarge,
-                    format!(
-                        "{} byte payload is too large for the Event invocation type (limit \
-                         {EVENT_PAYLOAD_MAX_BYTES} bytes)",
-                        payload.len()
-                    ),
-                )
-                .into());
-            }
-            self.accept_event(
-                request_id,
-                &record.name,
-                invoked_function_arn,
-                event,
-                chain_depth,
-            )
-            .await?;
-            return Ok(StatusCode::ACCEPTED.into_response());
-        }
         if record.recursive_loop.stops(chain_depth) {
             Metrics::count(&self.metrics.recursive_invocations_dropped);
             return Err(ApiError::new(
@@ -134,7 +117,7 @@ impl Frontend {
             .into());
         }
         let invocation = Invocation {
-            function: function_spec(&record, &self.location),
+            function: record.spec(&self.location),
             request_id: request_id.to_owned(),
             payload: empty_as_object(payload),
             invoked_function_arn,
@@ -148,62 +131,6 @@ impl Frontend {
         };
         let result = self.run(invocation).await?;
         Ok(invoke_response(result, tail_log))
-    }
-
-    /// Writes an Event invocation to the durable queue; it is on disk when this returns.
-    pub(crate) async fn accept_event(
-        &self,
-        request_id: &str,
-        function_name: &str,
-        invoked_function_arn: String,
-        payload: JsonText,
-        chain_depth: u32,
-    ) -> Result<(), ErrorResponse> {
-        let payload_bytes = payload.len();
-        let event = QueuedInvocation {
-            request_id: request_id.to_owned(),
-            function_name: function_name.to_owned(),
-            qualifier: LATEST.to_owned(),
-            invoked_function_arn,
-            payload,
-            accepted_at_ms: now_ms(),
-            attempts: 0,
-            throttles: 0,
-            chain_depth,
-        };
-        let body = Bytes::from(event.encode());
-        let item = QueueItem {
-            id: request_id.to_owned(),
-            body,
-        };
-        match self.queue.enqueue(INVOCATIONS, item, Duration::ZERO).await {
-            Ok(()) => {
-                Metrics::count(&self.metrics.events_accepted);
-                Ok(())
-            }
-            Err(QueueError::Full { .. }) => {
-                Metrics::count(&self.metrics.throttles);
-                Err(ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded.").into())
-            }
-            // The queue backend (SQS) cannot hold the event with its metadata.
-            Err(QueueError::TooLarge { size, limit }) => Err(ApiError::new(
-                ErrorCode::SerializedRequestEntityTooLarge,
-                format!(
-                    "{payload_bytes} byte payload is too large for the Event invocation type once \
-                     serialized ({size} bytes, limit {limit} bytes)"
-                ),
-            )
-            .into()),
-            // Nothing was stored: the caller may retry (SDKs retry 5xx), never a 202.
-            Err(error) => {
-                tracing::error!(%error, "cannot enqueue an event");
-                Err(ApiError::new(
-                    ErrorCode::ServiceUnavailable,
-                    format!("The event could not be stored: {error}"),
-                )
-                .into())
-            }
-        }
     }
 
     /// Runs a synchronous invocation and maps what the runtime refused to Lambda's errors.
@@ -242,22 +169,6 @@ impl Frontend {
             }
         }
     }
-}
-
-/// Functions still being created, or whose creation failed, cannot be invoked.
-fn check_active(record: &FunctionRecord) -> Result<(), ApiError> {
-    if record.state == FunctionState::Active {
-        return Ok(());
-    }
-    let state = if record.state == FunctionState::Pending {
-        "Pending"
-    } else {
-        "Failed"
-    };
-    Err(ApiError::conflict(format!(
-        "The operation cannot be performed at this time. The function is currently in the \
-         following state: {state}"
-    )))
 }
 
 fn invoke_response(result: InvocationResult, tail_log: bool) -> Response {
@@ -385,17 +296,18 @@ pub(crate) async fn invoke_async(
     let request_id = invoq_domain::new_request_id();
     let accepted = async {
         let function = FunctionRef::parse(&function_name, None)?;
-        let record = frontend
-            .store
-            .get(&function.name)
-            .ok_or_else(|| frontend.not_found(&function.name, Some(LATEST)))?;
+        // An unknown function is refused before its body is read.
+        if frontend.registry.functions().get(&function.name).is_none() {
+            return Err(frontend.not_found(&function.name, Some(LATEST)).into());
+        }
         let payload = read_payload(body, INVOKE_ASYNC_MAX_BYTES, "InvokeAsync").await?;
-        let event = parse_event(&payload)?;
-        check_active(&record)?;
-        let invoked_function_arn = frontend.location.function_arn(&record.name);
-        frontend
-            .accept_event(&request_id, &record.name, invoked_function_arn, event, 0)
-            .await?;
+        let event = EventInvoke {
+            request_id: &request_id,
+            function: &function,
+            payload: parse_event(&payload)?,
+            chain_depth: 0,
+        };
+        frontend.registry.accept_event(event).await?;
         Ok::<_, ErrorResponse>(
             (
                 StatusCode::ACCEPTED,

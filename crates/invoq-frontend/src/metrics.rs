@@ -13,9 +13,7 @@ pub(crate) struct Metrics {
     /// Synchronous invocations that ran, by whether the function succeeded.
     pub(crate) sync_succeeded: AtomicU64,
     pub(crate) sync_function_errors: AtomicU64,
-    /// Event invocations written to the queue (answered 202).
-    pub(crate) events_accepted: AtomicU64,
-    /// Invocations refused with 429.
+    /// Synchronous invocations refused with 429 (the registry counts the Event ones).
     pub(crate) throttles: AtomicU64,
     /// Synchronous invocations refused by recursive loop detection (Event invocations stopped
     /// by it are the worker's `RecursiveInvocationDetected` outcomes).
@@ -30,6 +28,10 @@ impl Metrics {
 
 pub(crate) async fn render(State(frontend): State<Arc<Frontend>>) -> String {
     let metrics = &frontend.metrics;
+    let accepted = frontend.registry.counters();
+    let throttles = AtomicU64::new(
+        metrics.throttles.load(Ordering::Relaxed) + accepted.throttles.load(Ordering::Relaxed),
+    );
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -50,13 +52,13 @@ pub(crate) async fn render(State(frontend): State<Arc<Frontend>>) -> String {
         &mut text,
         "invoq_events_accepted_total",
         "Event invocations accepted (202).",
-        &metrics.events_accepted,
+        &accepted.events_accepted,
     );
     counter(
         &mut text,
         "invoq_throttles_total",
         "Invocations refused with 429.",
-        &metrics.throttles,
+        &throttles,
     );
     counter(
         &mut text,

@@ -13,6 +13,7 @@ use http::{Method, Request};
 use invoq_domain::Location;
 use invoq_frontend::Frontend;
 use invoq_queue::{EmbeddedQueue, EmbeddedQueueOptions, EventQueue};
+use invoq_registry::LocalRegistry;
 use invoq_runtime::{LocalRuntime, RuntimeService, SandboxIsolation, SandboxOptions};
 use proptest::prelude::*;
 use tower::ServiceExt;
@@ -48,7 +49,10 @@ fn fixture() -> &'static Fixture {
                 region: "us-east-1".into(),
                 account_id: "000000000000".into(),
             };
-            let frontend = Frontend::open(location, data.path(), functions, queue).unwrap();
+            let registry =
+                LocalRegistry::open(location, data.path(), functions.clone(), queue.clone())
+                    .unwrap();
+            let frontend = Frontend::new(registry, functions, queue);
             let router = frontend.router(None);
             let create = r#"{"FunctionName":"f","Runtime":"invoq.builtin","Handler":"echo",
                 "Role":"arn:aws:iam::000000000000:role/r","Code":{}}"#;

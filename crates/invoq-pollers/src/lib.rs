@@ -33,10 +33,9 @@ use invoq_domain::asynchronous::{
     RequestContext,
 };
 use invoq_domain::event_source::{DEFAULT_SQS_MAXIMUM_RETRY_ATTEMPTS, EventSourceMapping};
-use invoq_frontend::EventSourceChecker;
 use invoq_queue::{DELIVERIES, EventQueue, QueueItem};
-use invoq_runtime::{Invocation, InvocationResult, RuntimeService};
-use invoq_worker::FunctionDirectory;
+use invoq_registry::{EventSourceChecker, Registry};
+use invoq_runtime::{Invocation, InvocationResult, RuntimeError, RuntimeService};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -92,7 +91,7 @@ type RunningMapping = (EventSourceMapping, Vec<JoinHandle<()>>);
 pub struct Pollers {
     sqs: Sqs,
     runtime: Arc<dyn RuntimeService>,
-    directory: Arc<dyn FunctionDirectory>,
+    registry: Arc<dyn Registry>,
     queue: Arc<dyn EventQueue>,
     running: Mutex<HashMap<String, RunningMapping>>,
 }
@@ -101,13 +100,13 @@ impl Pollers {
     pub fn new(
         config: SdkConfig,
         runtime: Arc<dyn RuntimeService>,
-        directory: Arc<dyn FunctionDirectory>,
+        registry: Arc<dyn Registry>,
         queue: Arc<dyn EventQueue>,
     ) -> Arc<Self> {
         Arc::new(Pollers {
             sqs: Sqs::new(config),
             runtime,
-            directory,
+            registry,
             queue,
             running: Mutex::new(HashMap::new()),
         })
@@ -237,7 +236,7 @@ impl Pollers {
         event: &Value,
     ) -> Result<InvocationResult, String> {
         let target = self
-            .directory
+            .registry
             .resolve(&mapping.function_name, invoq_domain::LATEST)
             .await
             .map_err(|error| error.to_string())?
@@ -251,9 +250,9 @@ impl Pollers {
             attempt: 1,
             trace_id: None,
         };
-        let directory = self.directory.clone();
+        let registry = self.registry.clone();
         invoq_runtime::invoke_deploying(self.runtime.as_ref(), invocation, |sha| async move {
-            directory.code(&sha).await
+            registry.code(&sha).await.map_err(RuntimeError::from)
         })
         .await
         .map_err(|error| error.to_string())

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_destinations::{Delivery, DeliveryKind, Destination};
 use invoq_domain::arn::Service;
@@ -23,6 +22,7 @@ use invoq_domain::asynchronous::{
     Condition, EVENT_PAYLOAD_MAX_BYTES, JsonText, Outcome, QueueMessage, doubling_backoff,
 };
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem, while_leased};
+use invoq_registry::Registry;
 
 /// How long a lease lasts; a heartbeat ([`while_leased`]) renews it while a round of deliveries runs. It is
 /// about how long a crashed router's outcomes wait before another router takes them.
@@ -35,21 +35,6 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const SQS_MESSAGE_MAX_BYTES: usize = 1_048_576;
 /// Largest SNS message and EventBridge entry.
 const SNS_EVENTBRIDGE_MAX_BYTES: usize = 262_144;
-
-/// Runs a function asynchronously: how function destinations are delivered.
-#[async_trait]
-pub trait AsyncInvoker: Send + Sync + 'static {
-    /// An Event invoke of `function_arn` with `event`, under `request_id`: the same for
-    /// every redelivery of one outcome to one target. `chain_depth` counts the invocations
-    /// of the chain before this one, for recursive loop detection.
-    async fn invoke_event(
-        &self,
-        function_arn: &str,
-        event: &str,
-        request_id: &str,
-        chain_depth: u32,
-    ) -> Result<(), String>;
-}
 
 #[derive(Clone, Copy, Debug)]
 pub struct RouterConfig {
@@ -122,7 +107,7 @@ impl RouterMetrics {
 pub struct Router {
     queue: Arc<dyn EventQueue>,
     destinations: Arc<dyn Destination>,
-    invoker: Arc<dyn AsyncInvoker>,
+    registry: Arc<dyn Registry>,
     config: RouterConfig,
     metrics: Arc<RouterMetrics>,
 }
@@ -150,13 +135,13 @@ impl Router {
     pub fn new(
         queue: Arc<dyn EventQueue>,
         destinations: Arc<dyn Destination>,
-        invoker: Arc<dyn AsyncInvoker>,
+        registry: Arc<dyn Registry>,
         config: RouterConfig,
     ) -> Arc<Self> {
         Arc::new(Router {
             queue,
             destinations,
-            invoker,
+            registry,
             config,
             metrics: Arc::default(),
         })
@@ -285,14 +270,15 @@ impl Router {
         if target.key != "dead_letter" && service == Some(Service::Lambda) {
             let request_id = invoq_domain::stable_request_id(&deduplication_id);
             return self
-                .invoker
+                .registry
                 .invoke_event(
                     &target.arn,
                     &record_json,
                     &request_id,
                     outcome.chain_depth + 1,
                 )
-                .await;
+                .await
+                .map_err(|error| error.to_string());
         }
         let (kind, body) = if target.key == "dead_letter" {
             let error_message = outcome

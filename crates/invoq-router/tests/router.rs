@@ -11,8 +11,10 @@ use invoq_domain::asynchronous::{
     Condition, Destinations, InvocationRecord, JsonText, Outcome, QueueMessage, RequestContext,
     ResponseContext,
 };
+use invoq_domain::event_source::EventSourceMapping;
 use invoq_queue::{DELIVERIES, EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PARKED, QueueItem};
-use invoq_router::{AsyncInvoker, Router, RouterConfig};
+use invoq_registry::{AsyncConfiguration, Registry, RegistryError};
+use invoq_router::{Router, RouterConfig};
 
 #[derive(Default)]
 struct RecordingInvoker {
@@ -21,15 +23,32 @@ struct RecordingInvoker {
     chain_depths: Mutex<Vec<u32>>,
 }
 
+/// Records the function destinations' invokes; the router asks the registry nothing else.
 #[async_trait]
-impl AsyncInvoker for RecordingInvoker {
+impl Registry for RecordingInvoker {
+    async fn async_configuration(
+        &self,
+        _function_name: &str,
+        _qualifier: &str,
+    ) -> Result<Option<AsyncConfiguration>, RegistryError> {
+        Ok(None)
+    }
+
+    async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RegistryError> {
+        Err(RegistryError::Refused(format!("no code {code_sha256_hex}")))
+    }
+
+    fn watch_mappings(&self) -> tokio::sync::watch::Receiver<Vec<EventSourceMapping>> {
+        tokio::sync::watch::channel(Vec::new()).1
+    }
+
     async fn invoke_event(
         &self,
         function_arn: &str,
         event: &str,
         request_id: &str,
         chain_depth: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryError> {
         self.request_ids.lock().unwrap().push(request_id.to_owned());
         self.chain_depths.lock().unwrap().push(chain_depth);
         self.events

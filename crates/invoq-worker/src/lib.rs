@@ -19,17 +19,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use invoq_domain::asynchronous::{
-    AsyncSettings, Condition, FunctionResponse, InvocationRecord, Outcome, QueueMessage,
-    QueuedInvocation, RequestContext, now_ms,
+    Condition, FunctionResponse, InvocationRecord, Outcome, QueueMessage, QueuedInvocation,
+    RequestContext, now_ms,
 };
 use invoq_domain::recursion;
 use invoq_queue::{
     DELIVERIES, EventQueue, INVOCATIONS, Lease, QueueError, QueueItem, while_leased,
 };
-use invoq_runtime::{FunctionSpec, Invocation, InvocationResult, RuntimeError, RuntimeService};
+use invoq_registry::{AsyncTarget, Registry};
+use invoq_runtime::{Invocation, InvocationResult, RuntimeError, RuntimeService};
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
@@ -39,28 +39,6 @@ use crate::policy::{AttemptResult, Decision, RetryPolicy};
 const LEASE: Duration = Duration::from_secs(10);
 /// How long an event waits when the function registry cannot be reached.
 const REGISTRY_RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// A function as an event should run now, with its async settings.
-#[derive(Clone, Debug)]
-pub struct AsyncTarget {
-    pub spec: FunctionSpec,
-    pub settings: AsyncSettings,
-}
-
-/// The function registry, as the worker needs it.
-#[async_trait]
-pub trait FunctionDirectory: Send + Sync + 'static {
-    /// The function as it is now; `Ok(None)` if it no longer exists, an error if the registry
-    /// cannot be asked right now.
-    async fn resolve(
-        &self,
-        function_name: &str,
-        qualifier: &str,
-    ) -> Result<Option<AsyncTarget>, RuntimeError>;
-
-    /// A deployment package, for a runtime that does not hold it yet.
-    async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RuntimeError>;
-}
 
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerConfig {
@@ -72,7 +50,7 @@ pub struct WorkerConfig {
 pub struct Worker {
     queue: Arc<dyn EventQueue>,
     runtime: Arc<dyn RuntimeService>,
-    directory: Arc<dyn FunctionDirectory>,
+    registry: Arc<dyn Registry>,
     config: WorkerConfig,
     metrics: Arc<WorkerMetrics>,
 }
@@ -186,14 +164,14 @@ impl Worker {
     pub fn new(
         queue: Arc<dyn EventQueue>,
         runtime: Arc<dyn RuntimeService>,
-        directory: Arc<dyn FunctionDirectory>,
+        registry: Arc<dyn Registry>,
         config: WorkerConfig,
     ) -> Arc<Self> {
         Arc::new(Worker {
             metrics: Arc::default(),
             queue,
             runtime,
-            directory,
+            registry,
             config,
         })
     }
@@ -275,7 +253,7 @@ impl Worker {
             }
         };
         let resolved = self
-            .directory
+            .registry
             .resolve(&event.function_name, &event.qualifier)
             .await;
         let target = match resolved {
@@ -325,11 +303,11 @@ impl Worker {
                 event.chain_depth,
             )),
         };
-        let directory = self.directory.clone();
+        let registry = self.registry.clone();
         timeline(&event.request_id, event.attempts + 1, "attempt started");
         let result =
             invoq_runtime::invoke_deploying(self.runtime.as_ref(), invocation, |sha| async move {
-                directory.code(&sha).await
+                registry.code(&sha).await.map_err(RuntimeError::from)
             })
             .await;
         timeline(&event.request_id, event.attempts + 1, "attempt ended");

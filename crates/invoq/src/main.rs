@@ -12,7 +12,6 @@ use aws_config::SdkConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use invoq_destinations::Destination;
 use invoq_domain::Location;
-use invoq_frontend::grpc::{RegistryGrpcClient, RegistryGrpcServer};
 use invoq_frontend::server::HttpLimits;
 use invoq_frontend::{AccessKeys, Frontend};
 use invoq_pollers::{Pollers, SqsSourceChecker};
@@ -24,14 +23,16 @@ use invoq_queue::grpc::{QueueGrpcClient, QueueGrpcServer};
 use invoq_queue::{
     EmbeddedQueue, EmbeddedQueueOptions, EventQueue, PayloadBucket, SqsQueue, SqsQueueOptions,
 };
-use invoq_router::{AsyncInvoker, Router, RouterConfig};
+use invoq_registry::grpc::{RegistryGrpcClient, RegistryGrpcServer};
+use invoq_registry::{LocalRegistry, Registry};
+use invoq_router::{Router, RouterConfig};
 use invoq_runtime::grpc::{RuntimeGrpcClient, RuntimeGrpcServer};
 use invoq_runtime::{
-    DEFAULT_SANDBOX_UID_BASE, FunctionCredentials, LocalRuntime, RuntimeError, RuntimeService,
-    SandboxIsolation, SandboxOptions,
+    DEFAULT_SANDBOX_UID_BASE, FunctionCredentials, LocalRuntime, RuntimeService, SandboxIsolation,
+    SandboxOptions,
 };
 use invoq_worker::policy::RetryPolicy;
-use invoq_worker::{AsyncTarget, FunctionDirectory, Worker, WorkerConfig};
+use invoq_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
@@ -523,7 +524,7 @@ impl AsyncArgs {
         &self,
         queue: Arc<dyn EventQueue>,
         runtime: Arc<dyn RuntimeService>,
-        registry: Arc<Registry>,
+        registry: Arc<dyn Registry>,
     ) -> Arc<Worker> {
         let config = WorkerConfig {
             concurrency: self.worker_concurrency,
@@ -538,7 +539,7 @@ impl AsyncArgs {
         &self,
         queue: Arc<dyn EventQueue>,
         destinations: Arc<dyn Destination>,
-        registry: Arc<Registry>,
+        registry: Arc<dyn Registry>,
     ) -> Arc<Router> {
         let config = RouterConfig {
             time_scale: self.time_scale,
@@ -596,19 +597,20 @@ async fn main() -> anyhow::Result<()> {
             let runtime: Arc<dyn RuntimeService> =
                 Arc::new(open_runtime(&common.data_dir, &sandbox).await?);
             let queue = queue.open(&common.data_dir, &aws)?;
-            let frontend = open_frontend(&http, &common.data_dir, runtime.clone(), queue.clone())?;
+            let local = open_registry(&http, &common.data_dir, runtime.clone(), queue.clone())?;
+            let frontend = Frontend::new(local.clone(), runtime.clone(), queue.clone());
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws.clone())));
+            let registry: Arc<dyn Registry> = local;
             if let Some(grpc_addr) = grpc_addr {
                 ensure_grpc_exposure(grpc_addr)?;
                 let listener = bind(grpc_addr, "grpc").await?;
                 let services = GrpcServices {
                     runtime: Some(runtime.clone()),
                     queue: Some(queue.clone()),
-                    registry: Some(frontend.clone()),
+                    registry: Some(registry.clone()),
                 };
                 tokio::spawn(services.serve(listener));
             }
-            let registry = Arc::new(Registry::Local(frontend.clone()));
             // No worker at all with a concurrency of 0: events wait in the queue for one.
             if asynchronous.worker_concurrency > 0 {
                 let worker = asynchronous.worker(queue.clone(), runtime.clone(), registry.clone());
@@ -617,7 +619,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(worker.run());
             }
             let pollers = Pollers::new(aws.clone(), runtime, registry.clone(), queue.clone());
-            tokio::spawn(pollers.run(frontend.subscribe_mappings()));
+            tokio::spawn(pollers.run(registry.watch_mappings()));
             let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
             let router = asynchronous.router(queue, destinations, registry);
             let router_metrics = router.metrics();
@@ -635,12 +637,14 @@ async fn main() -> anyhow::Result<()> {
             let access_keys = http.access_keys()?;
             let aws = aws().await;
             let queue = queue.connect(&aws)?;
-            let frontend = open_frontend(&http, &common.data_dir, runtime.connect()?, queue)?;
+            let runtime = runtime.connect()?;
+            let local = open_registry(&http, &common.data_dir, runtime.clone(), queue.clone())?;
+            let frontend = Frontend::new(local.clone(), runtime, queue);
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws)));
             ensure_grpc_exposure(grpc_addr)?;
             let listener = bind(grpc_addr, "grpc").await?;
             let services = GrpcServices {
-                registry: Some(frontend.clone()),
+                registry: Some(local),
                 ..GrpcServices::default()
             };
             tokio::spawn(services.serve(listener));
@@ -683,7 +687,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let asynchronous = asynchronous.validated()?;
             let queue = queue.connect(&aws().await)?;
-            let registry = Arc::new(Registry::Remote(registry.connect()?));
+            let registry: Arc<dyn Registry> = Arc::new(registry.connect()?);
             let worker = asynchronous.worker(queue, runtime.connect()?, registry);
             run_beside_health(grpc_addr, worker.run()).await
         }
@@ -699,7 +703,7 @@ async fn main() -> anyhow::Result<()> {
             let aws = aws().await;
             let queue = queue.connect(&aws)?;
             let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
-            let registry = Arc::new(Registry::Remote(registry.connect()?));
+            let registry: Arc<dyn Registry> = Arc::new(registry.connect()?);
             let router = asynchronous.router(queue, destinations, registry);
             run_beside_health(grpc_addr, router.run()).await
         }
@@ -711,9 +715,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let aws = aws().await;
             let queue = queue.connect(&aws)?;
-            let client = registry.connect()?;
-            let mappings = client.watch_mappings();
-            let registry = Arc::new(Registry::Remote(client));
+            let registry: Arc<dyn Registry> = Arc::new(registry.connect()?);
+            let mappings = registry.watch_mappings();
             let pollers = Pollers::new(aws, runtime.connect()?, registry, queue);
             run_beside_health(grpc_addr, pollers.run(mappings)).await
         }
@@ -841,17 +844,17 @@ async fn open_runtime(data_dir: &Path, sandbox: &SandboxArgs) -> anyhow::Result<
     Ok(runtime)
 }
 
-fn open_frontend(
+fn open_registry(
     http: &HttpArgs,
     data_dir: &Path,
     runtime: Arc<dyn RuntimeService>,
     queue: Arc<dyn EventQueue>,
-) -> anyhow::Result<Arc<Frontend>> {
+) -> anyhow::Result<Arc<LocalRegistry>> {
     let location = Location {
         region: http.region.clone(),
         account_id: http.account_id.clone(),
     };
-    Frontend::open(location, data_dir, runtime, queue).with_context(|| {
+    LocalRegistry::open(location, data_dir, runtime, queue).with_context(|| {
         format!(
             "cannot open the function registry in {}",
             data_dir.display()
@@ -869,63 +872,6 @@ fn open_destinations(
         data_dir,
         aws,
     )?)
-}
-
-/// The function registry as the worker, the router and the pollers see it: the frontend in
-/// this process, or the frontend's registry service in another.
-enum Registry {
-    Local(Arc<Frontend>),
-    Remote(RegistryGrpcClient),
-}
-
-#[async_trait::async_trait]
-impl FunctionDirectory for Registry {
-    async fn resolve(
-        &self,
-        function_name: &str,
-        qualifier: &str,
-    ) -> Result<Option<AsyncTarget>, RuntimeError> {
-        let resolved = match self {
-            Registry::Local(frontend) => frontend.async_target(function_name, qualifier),
-            Registry::Remote(client) => client
-                .resolve(function_name, qualifier)
-                .await
-                .map_err(|status| RuntimeError::Internal(format!("registry: {status}")))?,
-        };
-        Ok(resolved.map(|(spec, settings)| AsyncTarget { spec, settings }))
-    }
-
-    async fn code(&self, code_sha256_hex: &str) -> Result<bytes::Bytes, RuntimeError> {
-        match self {
-            Registry::Local(frontend) => frontend.code(code_sha256_hex),
-            Registry::Remote(client) => client.code(code_sha256_hex).await,
-        }
-    }
-}
-
-/// Function destinations: the router invokes them asynchronously through the frontend.
-#[async_trait::async_trait]
-impl AsyncInvoker for Registry {
-    async fn invoke_event(
-        &self,
-        function_arn: &str,
-        event: &str,
-        request_id: &str,
-        chain_depth: u32,
-    ) -> Result<(), String> {
-        match self {
-            Registry::Local(frontend) => {
-                frontend
-                    .invoke_event(function_arn, event, Some(request_id), chain_depth)
-                    .await
-            }
-            Registry::Remote(client) => {
-                client
-                    .invoke_event(function_arn, event, request_id, chain_depth)
-                    .await
-            }
-        }
-    }
 }
 
 async fn serve_http(
@@ -955,7 +901,7 @@ async fn serve_http(
 struct GrpcServices {
     runtime: Option<Arc<dyn RuntimeService>>,
     queue: Option<Arc<dyn EventQueue>>,
-    registry: Option<Arc<Frontend>>,
+    registry: Option<Arc<dyn Registry>>,
 }
 
 impl GrpcServices {

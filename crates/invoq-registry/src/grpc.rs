@@ -1,6 +1,6 @@
-//! The registry over gRPC (`invoq.v1.Registry`): [`RegistryGrpcServer`] serves a
-//! [`Frontend`]'s functions, async settings and event source mappings to the worker, router
-//! and pollers of other processes; [`RegistryGrpcClient`] is how they ask.
+//! The registry over gRPC (`invoq.v1.Registry`): [`RegistryGrpcServer`] serves any
+//! [`Registry`] (the frontend process's [`crate::LocalRegistry`]) to the worker, router and
+//! pollers of other processes; [`RegistryGrpcClient`] is the [`Registry`] they hold.
 
 use invoq_proto::bearer::{AddToken, GrpcToken};
 use std::pin::Pin;
@@ -8,33 +8,33 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use invoq_domain::asynchronous::{AsyncSettings, EventInvokeConfig};
+use invoq_domain::asynchronous::EventInvokeConfig;
 use invoq_domain::event_source::EventSourceMapping;
 use invoq_domain::recursion::RecursiveLoop;
 use invoq_proto::v1 as pb;
 use invoq_proto::v1::registry_client::RegistryClient;
-use invoq_proto::v1::registry_server::{Registry, RegistryServer};
+use invoq_proto::v1::registry_server::{self, RegistryServer};
 use invoq_runtime::grpc::MAX_MESSAGE_BYTES;
-use invoq_runtime::{FunctionSpec, RuntimeError};
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::Frontend;
+use crate::{AsyncConfiguration, Registry, RegistryError};
 
 /// How long a watcher waits before it reconnects to a registry that went away.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
-/// Serves a [`Frontend`] as the gRPC `invoq.v1.Registry` service.
+/// Serves a [`Registry`] as the gRPC `invoq.v1.Registry` service.
 pub struct RegistryGrpcServer {
-    frontend: Arc<Frontend>,
+    registry: Arc<dyn Registry>,
 }
 
 impl RegistryGrpcServer {
-    pub fn new(frontend: Arc<Frontend>) -> RegistryServer<Self> {
-        RegistryServer::new(RegistryGrpcServer { frontend })
+    pub fn new(registry: Arc<dyn Registry>) -> RegistryServer<Self> {
+        RegistryServer::new(RegistryGrpcServer { registry })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -42,16 +42,32 @@ impl RegistryGrpcServer {
 
 type MappingStream = Pin<Box<dyn Stream<Item = Result<pb::Mappings, Status>> + Send>>;
 
+fn status(error: RegistryError) -> Status {
+    match error {
+        RegistryError::Unavailable(message) => Status::unavailable(message),
+        RegistryError::Refused(message) => Status::failed_precondition(message),
+    }
+}
+
+fn registry_error(status: Status) -> RegistryError {
+    match status.code() {
+        Code::FailedPrecondition => RegistryError::Refused(status.message().to_owned()),
+        _ => RegistryError::Unavailable(status.to_string()),
+    }
+}
+
 #[tonic::async_trait]
-impl Registry for RegistryGrpcServer {
+impl registry_server::Registry for RegistryGrpcServer {
     async fn resolve_function(
         &self,
         request: Request<pb::ResolveFunctionRequest>,
     ) -> Result<Response<pb::ResolveFunctionResponse>, Status> {
         let request = request.into_inner();
         let found = self
-            .frontend
+            .registry
             .async_configuration(&request.function_name, &request.qualifier)
+            .await
+            .map_err(status)?
             .ok_or_else(|| Status::not_found(format!("function {}", request.function_name)))?;
         let event_invoke_config_json = found
             .event_invoke_config
@@ -70,7 +86,11 @@ impl Registry for RegistryGrpcServer {
         &self,
         request: Request<pb::GetCodeRequest>,
     ) -> Result<Response<pb::GetCodeResponse>, Status> {
-        let zip = self.frontend.code(&request.into_inner().code_sha256_hex)?;
+        let zip = self
+            .registry
+            .code(&request.into_inner().code_sha256_hex)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetCodeResponse { zip: zip.to_vec() }))
     }
 
@@ -79,15 +99,15 @@ impl Registry for RegistryGrpcServer {
         request: Request<pb::InvokeEventRequest>,
     ) -> Result<Response<pb::InvokeEventResponse>, Status> {
         let request = request.into_inner();
-        self.frontend
+        self.registry
             .invoke_event(
                 &request.function_arn,
                 &request.event,
-                Some(&request.request_id),
+                &request.request_id,
                 request.chain_depth,
             )
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(status)?;
         Ok(Response::new(pb::InvokeEventResponse {}))
     }
 
@@ -97,7 +117,7 @@ impl Registry for RegistryGrpcServer {
         &self,
         _request: Request<pb::WatchMappingsRequest>,
     ) -> Result<Response<MappingStream>, Status> {
-        let stream = WatchStream::new(self.frontend.subscribe_mappings()).map(|mappings| {
+        let stream = WatchStream::new(self.registry.watch_mappings()).map(|mappings| {
             let mapping_json = mappings
                 .iter()
                 .map(serde_json::to_string)
@@ -133,13 +153,15 @@ impl RegistryGrpcClient {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })
     }
+}
 
-    /// The function as an event should run now; `Ok(None)` if it no longer exists.
-    pub async fn resolve(
+#[async_trait]
+impl Registry for RegistryGrpcClient {
+    async fn async_configuration(
         &self,
         function_name: &str,
         qualifier: &str,
-    ) -> Result<Option<(FunctionSpec, AsyncSettings)>, Status> {
+    ) -> Result<Option<AsyncConfiguration>, RegistryError> {
         let request = pb::ResolveFunctionRequest {
             function_name: function_name.to_owned(),
             qualifier: qualifier.to_owned(),
@@ -147,41 +169,52 @@ impl RegistryGrpcClient {
         let response = match self.client.clone().resolve_function(request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => return Ok(None),
-            Err(status) => return Err(status),
+            Err(status) => return Err(registry_error(status)),
         };
+        let malformed = |error: String| RegistryError::Unavailable(format!("registry: {error}"));
         let spec = response
             .function
-            .ok_or_else(|| Status::internal("registry answered no function"))?
-            .try_into()?;
-        let config: Option<EventInvokeConfig> = response
+            .ok_or_else(|| malformed("answered no function".into()))?
+            .try_into()
+            .map_err(|status: Status| malformed(status.message().to_owned()))?;
+        let event_invoke_config: Option<EventInvokeConfig> = response
             .event_invoke_config_json
             .map(|json| serde_json::from_str(&json))
             .transpose()
-            .map_err(|error| Status::internal(error.to_string()))?;
+            .map_err(|error| malformed(error.to_string()))?;
         let recursive_loop = if response.recursive_loop_allowed {
             RecursiveLoop::Allow
         } else {
             RecursiveLoop::Terminate
         };
-        let settings = AsyncSettings::new(config, response.dead_letter_target_arn, recursive_loop);
-        Ok(Some((spec, settings)))
+        Ok(Some(AsyncConfiguration {
+            spec,
+            event_invoke_config,
+            dead_letter_target_arn: response.dead_letter_target_arn,
+            recursive_loop,
+        }))
     }
 
-    pub async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RuntimeError> {
+    async fn code(&self, code_sha256_hex: &str) -> Result<Bytes, RegistryError> {
         let request = pb::GetCodeRequest {
             code_sha256_hex: code_sha256_hex.to_owned(),
         };
-        let response = self.client.clone().get_code(request).await?;
+        let response = self
+            .client
+            .clone()
+            .get_code(request)
+            .await
+            .map_err(registry_error)?;
         Ok(Bytes::from(response.into_inner().zip))
     }
 
-    pub async fn invoke_event(
+    async fn invoke_event(
         &self,
         function_arn: &str,
         event: &str,
         request_id: &str,
         chain_depth: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryError> {
         let request = pb::InvokeEventRequest {
             function_arn: function_arn.to_owned(),
             event: event.to_owned(),
@@ -193,12 +226,12 @@ impl RegistryGrpcClient {
             .invoke_event(request)
             .await
             .map(|_| ())
-            .map_err(|status| status.message().to_owned())
+            .map_err(registry_error)
     }
 
     /// The event source mappings, kept current by a background watch that reconnects when
     /// the registry goes away. Starts empty until the registry first answers.
-    pub fn watch_mappings(&self) -> watch::Receiver<Vec<EventSourceMapping>> {
+    fn watch_mappings(&self) -> watch::Receiver<Vec<EventSourceMapping>> {
         let (sender, receiver) = watch::channel(Vec::new());
         let client = self.client.clone();
         tokio::spawn(async move {

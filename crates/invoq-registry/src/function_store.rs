@@ -12,15 +12,19 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use invoq_domain::ApiError;
+use std::time::Duration;
+
 use invoq_domain::asynchronous::EventInvokeConfig;
+use invoq_domain::limits::{DEFAULT_MEMORY_SIZE_MB, DEFAULT_TIMEOUT_SECONDS};
 use invoq_domain::recursion::RecursiveLoop;
+use invoq_domain::{ApiError, LATEST, Location};
+use invoq_runtime::{BUILTIN_RUNTIME, FunctionSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Lifecycle state of a function (Lambda's `State`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum FunctionState {
+pub enum FunctionState {
     Pending,
     Active,
     Failed,
@@ -28,7 +32,7 @@ pub(crate) enum FunctionState {
 
 /// Progress of the last update (Lambda's `LastUpdateStatus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum UpdateStatus {
+pub enum UpdateStatus {
     InProgress,
     Successful,
     Failed,
@@ -36,55 +40,131 @@ pub(crate) enum UpdateStatus {
 
 /// Everything invoq knows about a function's `$LATEST`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct FunctionRecord {
-    pub(crate) name: String,
-    pub(crate) runtime: String,
-    pub(crate) role: String,
-    pub(crate) handler: String,
-    pub(crate) description: String,
-    pub(crate) timeout_seconds: u32,
-    pub(crate) memory_size_mb: u32,
-    pub(crate) environment: Option<BTreeMap<String, String>>,
-    pub(crate) dead_letter_target_arn: Option<String>,
-    pub(crate) tracing_mode: String,
-    pub(crate) architectures: Vec<String>,
-    pub(crate) ephemeral_storage_mb: u32,
-    pub(crate) tags: BTreeMap<String, String>,
-    pub(crate) code: CodeRef,
-    pub(crate) last_modified: String,
-    pub(crate) revision_id: String,
-    pub(crate) state: FunctionState,
+pub struct FunctionRecord {
+    pub name: String,
+    pub runtime: String,
+    pub role: String,
+    pub handler: String,
+    pub description: String,
+    pub timeout_seconds: u32,
+    pub memory_size_mb: u32,
+    pub environment: Option<BTreeMap<String, String>>,
+    pub dead_letter_target_arn: Option<String>,
+    pub tracing_mode: String,
+    pub architectures: Vec<String>,
+    pub ephemeral_storage_mb: u32,
+    pub tags: BTreeMap<String, String>,
+    pub code: CodeRef,
+    pub last_modified: String,
+    pub revision_id: String,
+    pub state: FunctionState,
     /// Why the function is in `Failed`, or why the last update failed.
-    pub(crate) failure_reason: Option<String>,
+    pub failure_reason: Option<String>,
     /// `None` until the first update after creation, as Lambda shows it.
-    pub(crate) last_update_status: Option<UpdateStatus>,
-    pub(crate) reserved_concurrency: Option<u32>,
+    pub last_update_status: Option<UpdateStatus>,
+    pub reserved_concurrency: Option<u32>,
     /// Event invoke configs by qualifier.
     #[serde(default)]
-    pub(crate) event_invoke_configs: BTreeMap<String, EventInvokeConfig>,
+    pub event_invoke_configs: BTreeMap<String, EventInvokeConfig>,
     /// `PutFunctionRecursionConfig`'s setting.
     #[serde(default)]
-    pub(crate) recursive_loop: RecursiveLoop,
+    pub recursive_loop: RecursiveLoop,
 }
 
 /// A stored deployment package.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct CodeRef {
-    pub(crate) sha256_hex: String,
+pub struct CodeRef {
+    pub sha256_hex: String,
     /// Lambda's `CodeSha256`: base64 of the digest.
-    pub(crate) sha256_base64: String,
-    pub(crate) size: u64,
+    pub sha256_base64: String,
+    pub size: u64,
 }
 
 impl FunctionRecord {
+    /// A fresh `$LATEST` with Lambda's defaults, before a request's settings apply.
+    pub fn new(name: &str, code: CodeRef) -> Self {
+        FunctionRecord {
+            name: name.to_owned(),
+            runtime: String::new(),
+            role: String::new(),
+            handler: String::new(),
+            description: String::new(),
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+            memory_size_mb: DEFAULT_MEMORY_SIZE_MB,
+            environment: None,
+            dead_letter_target_arn: None,
+            tracing_mode: "PassThrough".to_owned(),
+            architectures: vec!["x86_64".to_owned()],
+            ephemeral_storage_mb: 512,
+            tags: BTreeMap::new(),
+            code,
+            last_modified: now_timestamp(),
+            revision_id: uuid::Uuid::new_v4().to_string(),
+            state: FunctionState::Pending,
+            failure_reason: None,
+            last_update_status: None,
+            reserved_concurrency: None,
+            event_invoke_configs: BTreeMap::new(),
+            recursive_loop: Default::default(),
+        }
+    }
+
+    /// Marks the record as changed: new revision, new LastModified, update in progress.
+    pub fn mark_updated(&mut self) {
+        self.last_modified = now_timestamp();
+        self.revision_id = uuid::Uuid::new_v4().to_string();
+        self.last_update_status = Some(UpdateStatus::InProgress);
+        self.failure_reason = None;
+    }
+
+    /// The package the runtime must hold to run this function, if it runs a process.
+    pub fn deployed_code(&self) -> Option<&str> {
+        (self.runtime != BUILTIN_RUNTIME).then_some(self.code.sha256_hex.as_str())
+    }
+
+    /// What the runtime needs to run `$LATEST`.
+    pub fn spec(&self, location: &Location) -> FunctionSpec {
+        FunctionSpec {
+            function_name: self.name.clone(),
+            function_arn: location.function_arn(&self.name),
+            version: LATEST.to_owned(),
+            runtime: self.runtime.clone(),
+            handler: self.handler.clone(),
+            timeout: Duration::from_secs(u64::from(self.timeout_seconds)),
+            memory_size_mb: self.memory_size_mb,
+            environment: self.environment.clone().unwrap_or_default(),
+            code_sha256_hex: self.deployed_code().map(str::to_owned),
+            revision_id: self.revision_id.clone(),
+            reserved_concurrency: self.reserved_concurrency,
+            region: location.region.clone(),
+        }
+    }
+
+    /// Functions still being created, or whose creation failed, cannot be invoked.
+    pub fn check_active(&self) -> Result<(), ApiError> {
+        if self.state == FunctionState::Active {
+            return Ok(());
+        }
+        let state = if self.state == FunctionState::Pending {
+            "Pending"
+        } else {
+            "Failed"
+        };
+        Err(ApiError::conflict(format!(
+            "The operation cannot be performed at this time. The function is currently in the \
+             following state: {state}"
+        )))
+    }
+
     /// Whether the control plane is still deploying this function's latest change.
-    pub(crate) fn is_settling(&self) -> bool {
+    pub fn is_settling(&self) -> bool {
         self.state == FunctionState::Pending
             || self.last_update_status == Some(UpdateStatus::InProgress)
     }
 }
 
-pub(crate) struct FunctionStore {
+/// Every function, in memory and on disk.
+pub struct FunctionStore {
     functions_dir: PathBuf,
     code_dir: PathBuf,
     /// Shared, not cloned, on every read: invokes read the record on the hot path.
@@ -92,7 +172,7 @@ pub(crate) struct FunctionStore {
 }
 
 impl FunctionStore {
-    pub(crate) fn open(data_dir: &Path) -> std::io::Result<Self> {
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let functions_dir = data_dir.join("functions");
         let code_dir = data_dir.join("code");
         std::fs::create_dir_all(&functions_dir)?;
@@ -118,16 +198,12 @@ impl FunctionStore {
         })
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<FunctionRecord>> {
+    pub fn get(&self, name: &str) -> Option<Arc<FunctionRecord>> {
         self.lock().get(name).cloned()
     }
 
     /// Up to `max_items` functions whose names sort after `marker`, and whether more follow.
-    pub(crate) fn list(
-        &self,
-        marker: Option<&str>,
-        max_items: usize,
-    ) -> (Vec<Arc<FunctionRecord>>, bool) {
+    pub fn list(&self, marker: Option<&str>, max_items: usize) -> (Vec<Arc<FunctionRecord>>, bool) {
         let functions = self.lock();
         let mut after = functions
             .values()
@@ -138,7 +214,7 @@ impl FunctionStore {
     }
 
     /// Total reserved concurrency of all functions except `except`.
-    pub(crate) fn reserved_concurrency_except(&self, except: &str) -> u32 {
+    pub fn reserved_concurrency_except(&self, except: &str) -> u32 {
         self.lock()
             .values()
             .filter(|record| record.name != except)
@@ -147,7 +223,7 @@ impl FunctionStore {
     }
 
     /// Names of functions whose latest change is still being deployed.
-    pub(crate) fn settling(&self) -> Vec<String> {
+    pub fn settling(&self) -> Vec<String> {
         self.lock()
             .values()
             .filter(|record| record.is_settling())
@@ -155,7 +231,7 @@ impl FunctionStore {
             .collect()
     }
 
-    pub(crate) fn create(&self, record: FunctionRecord) -> Result<FunctionRecord, ApiError> {
+    pub fn create(&self, record: FunctionRecord) -> Result<FunctionRecord, ApiError> {
         let mut functions = self.lock();
         match functions.entry(record.name.clone()) {
             Entry::Occupied(_) => Err(ApiError::conflict(format!(
@@ -171,7 +247,7 @@ impl FunctionStore {
     }
 
     /// Applies `change` to a function and persists the result; `None` if it does not exist.
-    pub(crate) fn update(
+    pub fn update(
         &self,
         name: &str,
         change: impl FnOnce(&mut FunctionRecord) -> Result<(), ApiError>,
@@ -193,7 +269,7 @@ impl FunctionStore {
         Ok(Some(updated))
     }
 
-    pub(crate) fn delete(&self, name: &str) -> Result<Option<Arc<FunctionRecord>>, ApiError> {
+    pub fn delete(&self, name: &str) -> Result<Option<Arc<FunctionRecord>>, ApiError> {
         let mut functions = self.lock();
         if !functions.contains_key(name) {
             return Ok(None);
@@ -231,7 +307,7 @@ impl FunctionStore {
     }
 
     /// Stores a deployment package, named by its digest.
-    pub(crate) fn put_code(&self, zip: &[u8]) -> Result<CodeRef, ApiError> {
+    pub fn put_code(&self, zip: &[u8]) -> Result<CodeRef, ApiError> {
         let digest = Sha256::digest(zip);
         let code = CodeRef {
             sha256_hex: format!("{digest:x}"),
@@ -245,7 +321,7 @@ impl FunctionStore {
         Ok(code)
     }
 
-    pub(crate) fn code(&self, sha256_hex: &str) -> Result<Bytes, ApiError> {
+    pub fn code(&self, sha256_hex: &str) -> Result<Bytes, ApiError> {
         std::fs::read(self.code_path(sha256_hex))
             .map(Bytes::from)
             .map_err(storage_error)
@@ -270,7 +346,19 @@ impl FunctionStore {
     }
 }
 
-pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// `FunctionConfiguration.LastModified`: `2019-11-14T18:16:05.568+0000`.
+fn now_timestamp() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// Writes `contents` to `path` so that a crash leaves the old file or the new one: a fsynced
+/// temporary file renamed into place, then the directory fsynced.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let temporary = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut file = File::create(&temporary)?;
     file.write_all(contents)?;
@@ -282,7 +370,8 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<
     Ok(())
 }
 
-pub(crate) fn storage_error(error: std::io::Error) -> ApiError {
+/// A storage failure, logged, as the caller sees it.
+pub fn storage_error(error: std::io::Error) -> ApiError {
     tracing::error!(%error, "function store i/o failed");
     ApiError::service(format!("invoq could not store the change: {error}"))
 }
