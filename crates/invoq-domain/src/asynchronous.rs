@@ -177,6 +177,17 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// The name as records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Success => "Success",
+            Condition::RetriesExhausted => "RetriesExhausted",
+            Condition::EventAgeExceeded => "EventAgeExceeded",
+            Condition::ZeroReservedConcurrency => "ZeroReservedConcurrency",
+            Condition::RecursiveInvocationDetected => "RecursiveInvocationDetected",
+        }
+    }
+
     pub fn is_success(self) -> bool {
         self == Condition::Success
     }
@@ -365,6 +376,20 @@ mod tests {
                 "responsePayload": {"errorMessage": "x"}
             })
         );
+    }
+
+    #[test]
+    fn condition_names_are_the_serialised_ones() {
+        for condition in [
+            Condition::Success,
+            Condition::RetriesExhausted,
+            Condition::EventAgeExceeded,
+            Condition::ZeroReservedConcurrency,
+            Condition::RecursiveInvocationDetected,
+        ] {
+            let serialised = serde_json::to_string(&condition).unwrap();
+            assert_eq!(serialised, format!("\"{}\"", condition.as_str()));
+        }
     }
 
     #[test]

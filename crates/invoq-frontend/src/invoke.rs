@@ -20,7 +20,6 @@ use invoq_runtime::{Invocation, InvocationResult, RuntimeError};
 use crate::Frontend;
 use crate::functions::QualifierQuery;
 use crate::http::{ApiResult, ErrorResponse, REQUEST_ID};
-use crate::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InvocationType {
@@ -89,12 +88,14 @@ impl Frontend {
         if invocation_type == InvocationType::DryRun {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
+        let payload_len = payload.len();
         if let Some(payload) = event {
             self.registry
                 .accept_event(EventInvoke {
                     request_id,
                     function: &function,
                     payload,
+                    payload_bytes: payload_len,
                     chain_depth,
                 })
                 .await?;
@@ -108,7 +109,7 @@ impl Frontend {
             None => self.location.function_arn(&record.name),
         };
         if record.recursive_loop.stops(chain_depth) {
-            Metrics::count(&self.metrics.recursive_invocations_dropped);
+            self.metrics.recursive_invocations_refused.inc();
             return Err(ApiError::new(
                 ErrorCode::RecursiveInvocation,
                 "Lambda has detected your function being invoked in a recursive loop with other \
@@ -146,11 +147,11 @@ impl Frontend {
                 } else {
                     &self.metrics.sync_succeeded
                 };
-                Metrics::count(counter);
+                counter.inc();
                 Ok(result)
             }
             Err(RuntimeError::Throttled(reason)) => {
-                Metrics::count(&self.metrics.throttles);
+                self.metrics.throttles.inc();
                 Err(ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded.")
                     .with_reason(reason.as_str())
                     .into())
@@ -305,6 +306,7 @@ pub(crate) async fn invoke_async(
             request_id: &request_id,
             function: &function,
             payload: parse_event(&payload)?,
+            payload_bytes: payload.len(),
             chain_depth: 0,
         };
         frontend.registry.accept_event(event).await?;

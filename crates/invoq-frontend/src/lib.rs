@@ -34,6 +34,7 @@ use invoq_runtime::{RuntimeError, RuntimeService};
 
 pub use crate::auth::{AccessKeys, AccessKeysError};
 use crate::metrics::Metrics;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 /// Deployment packages arrive base64-encoded in JSON: 50 MB zipped, about 70 MB on the wire.
 const CONTROL_PLANE_BODY_LIMIT: usize = 70 * 1024 * 1024;
@@ -49,12 +50,7 @@ pub struct Frontend {
     queue: Arc<dyn EventQueue>,
     metrics: Metrics,
     event_source_checker: std::sync::OnceLock<Arc<dyn EventSourceChecker>>,
-    /// Other services' counters, rendered after the frontend's own at `/metrics`.
-    extra_metrics: std::sync::Mutex<Vec<MetricsSource>>,
 }
-
-/// Renders a service's counters in Prometheus' text format.
-pub type MetricsSource = Box<dyn Fn() -> String + Send + Sync>;
 
 impl Frontend {
     /// The HTTP API over `registry`; synchronous invokes run on `runtime`.
@@ -64,19 +60,28 @@ impl Frontend {
         queue: Arc<dyn EventQueue>,
     ) -> Arc<Self> {
         Arc::new(Frontend {
+            metrics: Metrics::new(registry.counters().throttles.clone()),
             location: registry.location().clone(),
             registry,
             runtime,
             queue,
-            metrics: Metrics::default(),
             event_source_checker: std::sync::OnceLock::new(),
-            extra_metrics: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// The Lambda REST API; with `access_keys`, every request but `GET /metrics` must be
-    /// SigV4-signed with one of them ([`auth`]).
-    pub fn router(self: &Arc<Self>, access_keys: Option<Arc<AccessKeys>>) -> Router {
+    /// Adds the frontend's counters (and the registry's) to the process's metrics.
+    pub fn register_metrics(&self, metrics: &mut MetricsRegistry) {
+        self.metrics
+            .register(metrics, &self.registry.counters().events_accepted);
+    }
+
+    /// The Lambda REST API, with `metrics` at `GET /metrics`; with `access_keys`, every
+    /// request but `GET /metrics` must be SigV4-signed with one of them ([`auth`]).
+    pub fn router(
+        self: &Arc<Self>,
+        access_keys: Option<Arc<AccessKeys>>,
+        metrics: Arc<MetricsRegistry>,
+    ) -> Router {
         let functions = "/2015-03-31/functions";
         let router = Router::new()
             .route(functions, post(functions::create).get(functions::list))
@@ -151,7 +156,7 @@ impl Frontend {
             )
             .route("/invoq/queues/{queue}", get(queues::inspect))
             .route("/invoq/parked/redrive", post(queues::redrive_parked))
-            .route("/metrics", get(metrics::render))
+            .route("/metrics", metrics::handler(metrics))
             .fallback(http::unknown_operation)
             .layer(DefaultBodyLimit::max(CONTROL_PLANE_BODY_LIMIT))
             .layer(axum::middleware::map_response(http::lambda_error_shape));
@@ -162,14 +167,6 @@ impl Frontend {
         router
             .layer(axum::middleware::from_fn(http::ensure_request_id))
             .with_state(self.clone())
-    }
-
-    /// Adds another service's counters to `/metrics`.
-    pub fn add_metrics(&self, source: MetricsSource) {
-        self.extra_metrics
-            .lock()
-            .expect("metrics sources poisoned")
-            .push(source);
     }
 
     /// A stored deployment package, by hex SHA-256.

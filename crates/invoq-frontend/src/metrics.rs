@@ -1,86 +1,91 @@
-//! Counters behind `GET /metrics`, in Prometheus' text format.
+//! The frontend's counters, and `GET /metrics`: every service's counters in this process,
+//! from one prometheus-client registry, in the OpenMetrics text format.
 
-use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
-use crate::Frontend;
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Debug, Default)]
+type Labels = [(&'static str, &'static str); 2];
+
+#[derive(Debug)]
 pub(crate) struct Metrics {
+    invocations: Family<Labels, Counter>,
     /// Synchronous invocations that ran, by whether the function succeeded.
-    pub(crate) sync_succeeded: AtomicU64,
-    pub(crate) sync_function_errors: AtomicU64,
-    /// Synchronous invocations refused with 429 (the registry counts the Event ones).
-    pub(crate) throttles: AtomicU64,
+    pub(crate) sync_succeeded: Counter,
+    pub(crate) sync_function_errors: Counter,
+    /// Invocations refused with 429: shared with the registry, which counts the Event ones.
+    pub(crate) throttles: Counter,
     /// Synchronous invocations refused by recursive loop detection (Event invocations stopped
     /// by it are the worker's `RecursiveInvocationDetected` outcomes).
-    pub(crate) recursive_invocations_dropped: AtomicU64,
+    pub(crate) recursive_invocations_refused: Counter,
 }
 
 impl Metrics {
-    pub(crate) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn new(throttles: Counter) -> Self {
+        let invocations = Family::<Labels, Counter>::default();
+        let sync = |result| {
+            invocations
+                .get_or_create(&[("type", "RequestResponse"), ("result", result)])
+                .clone()
+        };
+        Metrics {
+            sync_succeeded: sync("success"),
+            sync_function_errors: sync("function_error"),
+            invocations,
+            throttles,
+            recursive_invocations_refused: Counter::default(),
+        }
     }
-}
 
-pub(crate) async fn render(State(frontend): State<Arc<Frontend>>) -> String {
-    let metrics = &frontend.metrics;
-    let accepted = frontend.registry.counters();
-    let throttles = AtomicU64::new(
-        metrics.throttles.load(Ordering::Relaxed) + accepted.throttles.load(Ordering::Relaxed),
-    );
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "# HELP invoq_invocations_total Invocations run, by type and result."
-    );
-    let _ = writeln!(text, "# TYPE invoq_invocations_total counter");
-    for (result, counter) in [
-        ("success", &metrics.sync_succeeded),
-        ("function_error", &metrics.sync_function_errors),
-    ] {
-        let value = counter.load(Ordering::Relaxed);
-        let _ = writeln!(
-            text,
-            "invoq_invocations_total{{type=\"RequestResponse\",result=\"{result}\"}} {value}"
+    /// Adds the frontend's counters and the registry's `accepted` to `registry`.
+    pub(crate) fn register(&self, registry: &mut MetricsRegistry, accepted: &Counter) {
+        registry.register(
+            "invoq_invocations",
+            "Invocations run, by type and result.",
+            self.invocations.clone(),
+        );
+        registry.register(
+            "invoq_events_accepted",
+            "Event invocations accepted (202).",
+            accepted.clone(),
+        );
+        registry.register(
+            "invoq_throttles",
+            "Invocations refused with 429.",
+            self.throttles.clone(),
+        );
+        registry.register(
+            "invoq_recursive_invocations_refused",
+            "Synchronous invocations refused by recursive loop detection (RecursiveInvocationException).",
+            self.recursive_invocations_refused.clone(),
         );
     }
-    counter(
-        &mut text,
-        "invoq_events_accepted_total",
-        "Event invocations accepted (202).",
-        &accepted.events_accepted,
-    );
-    counter(
-        &mut text,
-        "invoq_throttles_total",
-        "Invocations refused with 429.",
-        &throttles,
-    );
-    counter(
-        &mut text,
-        "invoq_recursive_invocations_refused_total",
-        "Synchronous invocations refused by recursive loop detection (RecursiveInvocationException).",
-        &metrics.recursive_invocations_dropped,
-    );
-    for source in frontend
-        .extra_metrics
-        .lock()
-        .expect("metrics sources poisoned")
-        .iter()
-    {
-        text.push_str(&source());
-    }
-    text
 }
 
-fn counter(text: &mut String, name: &str, help: &str, value: &AtomicU64) {
-    let value = value.load(Ordering::Relaxed);
-    let _ = writeln!(
-        text,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-    );
+pub(crate) fn render(registry: &MetricsRegistry) -> Response {
+    let mut text = String::new();
+    match encode(&mut text, registry) {
+        Ok(()) => ([(CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the metrics");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The `/metrics` handler over the finished registry.
+pub(crate) fn handler(
+    registry: Arc<MetricsRegistry>,
+) -> axum::routing::MethodRouter<Arc<crate::Frontend>> {
+    axum::routing::get(move || {
+        let registry = registry.clone();
+        async move { render(&registry) }
+    })
 }

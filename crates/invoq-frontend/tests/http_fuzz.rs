@@ -53,7 +53,7 @@ fn fixture() -> &'static Fixture {
                 LocalRegistry::open(location, data.path(), functions.clone(), queue.clone())
                     .unwrap();
             let frontend = Frontend::new(registry, functions, queue);
-            let router = frontend.router(None);
+            let router = frontend.router(None, Default::default());
             let create = r#"{"FunctionName":"f","Runtime":"invoq.builtin","Handler":"echo",
                 "Role":"arn:aws:iam::000000000000:role/r","Code":{}}"#;
             let response = router

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +15,7 @@ use invoq_domain::event_source::EventSourceMapping;
 use invoq_domain::{ApiError, ErrorCode, FunctionRef, LATEST, Location, Qualifier};
 use invoq_queue::{EventQueue, INVOCATIONS, QueueError, QueueItem};
 use invoq_runtime::{RuntimeError, RuntimeService};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::function_store::{FunctionRecord, FunctionState, FunctionStore, UpdateStatus};
@@ -41,9 +41,10 @@ pub struct LocalRegistry {
 #[derive(Debug, Default)]
 pub struct AcceptCounters {
     /// Event invocations written to the queue.
-    pub events_accepted: AtomicU64,
-    /// Event invocations refused because the queue is full (429).
-    pub throttles: AtomicU64,
+    pub events_accepted: Counter,
+    /// Event invocations refused because the queue is full (429). The frontend counts its
+    /// synchronous throttles on the same counter.
+    pub throttles: Counter,
 }
 
 /// An asynchronous invoke, as [`LocalRegistry::accept_event`] takes it.
@@ -54,6 +55,9 @@ pub struct EventInvoke<'a> {
     pub function: &'a FunctionRef,
     /// The event, checked to be JSON.
     pub payload: JsonText,
+    /// The payload's size as the caller sent it, which Lambda's limit counts (the JSON text
+    /// kept drops surrounding whitespace).
+    pub payload_bytes: usize,
     /// Invocations of the event's chain before this one.
     pub chain_depth: u32,
 }
@@ -204,7 +208,7 @@ impl LocalRegistry {
             _ => return Err(self.not_found(&function.name, Some(&qualifier.to_string()))),
         };
         record.check_active()?;
-        let payload_bytes = event.payload.len();
+        let payload_bytes = event.payload_bytes;
         if payload_bytes > EVENT_PAYLOAD_MAX_BYTES {
             return Err(ApiError::new(
                 ErrorCode::RequestEntityTooLarge,
@@ -237,13 +241,11 @@ impl LocalRegistry {
         };
         match self.queue.enqueue(INVOCATIONS, item, Duration::ZERO).await {
             Ok(()) => {
-                self.counters
-                    .events_accepted
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.events_accepted.inc();
                 Ok(())
             }
             Err(QueueError::Full { .. }) => {
-                self.counters.throttles.fetch_add(1, Ordering::Relaxed);
+                self.counters.throttles.inc();
                 Err(ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded."))
             }
             // The queue backend (SQS) cannot hold the event with its metadata.
@@ -308,6 +310,7 @@ impl Registry for LocalRegistry {
             request_id: &request_id,
             function: &function,
             payload,
+            payload_bytes: event.len(),
             chain_depth,
         })
         .await

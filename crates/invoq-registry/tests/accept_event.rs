@@ -3,7 +3,6 @@
 //! through the [`Registry`] trait.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use invoq_domain::asynchronous::{JsonText, QueueMessage, QueuedInvocation};
@@ -73,6 +72,7 @@ async fn accept(setup: &Setup, function: &FunctionRef, payload: &[u8]) -> Result
             request_id: "req-1",
             function,
             payload: JsonText::parse(payload).unwrap(),
+            payload_bytes: payload.len(),
             chain_depth: 2,
         })
         .await
@@ -108,7 +108,7 @@ async fn an_accepted_event_is_queued_with_its_request_id_and_the_callers_bytes()
     assert_eq!(event.payload.as_str().as_bytes(), payload);
     assert_eq!((event.attempts, event.chain_depth), (0, 2));
     let counters = setup.registry.counters();
-    assert_eq!(counters.events_accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.events_accepted.get(), 1);
 }
 
 #[tokio::test]
@@ -124,6 +124,7 @@ async fn unknown_functions_and_other_qualifiers_are_not_found() {
             request_id: "req-1",
             function: &version,
             payload: JsonText::parse(b"{}").unwrap(),
+            payload_bytes: 2,
             chain_depth: 0,
         })
         .await
@@ -144,6 +145,7 @@ async fn a_function_that_is_not_active_is_refused_with_its_state() {
                 request_id: "req-1",
                 function: &named(name),
                 payload: JsonText::parse(b"{}").unwrap(),
+                payload_bytes: 2,
                 chain_depth: 0,
             })
             .await
@@ -165,6 +167,11 @@ async fn payloads_over_one_megabyte_are_refused() {
     let big = format!("\"{}\"", "x".repeat(1_048_576));
     let refused = accept(&setup, &named("f"), big.as_bytes()).await;
     assert_eq!(refused, Err(ErrorCode::RequestEntityTooLarge));
+    // The caller's bytes count, whitespace included, as in Lambda.
+    let mut padded = vec![b' '; 1_048_577];
+    padded[0] = b'1';
+    let refused = accept(&setup, &named("f"), &padded).await;
+    assert_eq!(refused, Err(ErrorCode::RequestEntityTooLarge));
     let fits = format!("\"{}\"", "x".repeat(1_048_574));
     accept(&setup, &named("f"), fits.as_bytes()).await.unwrap();
     assert_eq!(queued(&setup).await.len(), 1);
@@ -178,7 +185,7 @@ async fn a_full_queue_throttles_and_keeps_what_it_holds() {
     let throttled = accept(&setup, &named("f"), b"2").await;
     assert_eq!(throttled, Err(ErrorCode::TooManyRequests));
     let counters = setup.registry.counters();
-    assert_eq!(counters.throttles.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.throttles.get(), 1);
     let events = queued(&setup).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].payload.as_str(), "1");

@@ -12,7 +12,6 @@
 //! Boundary: no wire protocol of any destination here; those are the adapters'.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +22,8 @@ use invoq_domain::asynchronous::{
 };
 use invoq_queue::{DELIVERIES, EventQueue, Lease, PARKED, QueueItem, while_leased};
 use invoq_registry::Registry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 /// How long a lease lasts; a heartbeat ([`while_leased`]) renews it while a round of deliveries runs. It is
 /// about how long a crashed router's outcomes wait before another router takes them.
@@ -60,47 +61,42 @@ impl Default for RouterConfig {
 /// Counters behind `/metrics`.
 #[derive(Debug, Default)]
 pub struct RouterMetrics {
-    pub delivered: AtomicU64,
+    pub delivered: Counter,
     /// Failed deliveries to OnSuccess / OnFailure destinations (Lambda's
     /// `DestinationDeliveryFailures`).
-    pub destination_delivery_failures: AtomicU64,
+    pub destination_delivery_failures: Counter,
     /// Failed deliveries to dead-letter queues (Lambda's `DeadLetterErrors`).
-    pub dead_letter_errors: AtomicU64,
-    pub parked: AtomicU64,
+    pub dead_letter_errors: Counter,
+    pub parked: Counter,
 }
 
 impl RouterMetrics {
-    /// Prometheus text for these counters.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
+    /// Adds these counters to `registry` (each name gains `_total`).
+    pub fn register(&self, registry: &mut MetricsRegistry) {
         for (name, help, counter) in [
             (
-                "invoq_destination_deliveries_total",
+                "invoq_destination_deliveries",
                 "Messages delivered to destinations and dead-letter queues.",
                 &self.delivered,
             ),
             (
-                "invoq_destination_delivery_failures_total",
+                "invoq_destination_delivery_failures",
                 "Failed deliveries to OnSuccess/OnFailure destinations (DestinationDeliveryFailures).",
                 &self.destination_delivery_failures,
             ),
             (
-                "invoq_dead_letter_errors_total",
+                "invoq_dead_letter_errors",
                 "Failed deliveries to dead-letter queues (DeadLetterErrors).",
                 &self.dead_letter_errors,
             ),
             (
-                "invoq_parked_total",
+                "invoq_parked",
                 "Outcomes parked after every delivery round failed.",
                 &self.parked,
             ),
         ] {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                counter.load(Ordering::Relaxed)
-            ));
+            registry.register(name, help, counter.clone());
         }
-        text
     }
 }
 
@@ -218,7 +214,7 @@ impl Router {
                 });
             match sent {
                 Ok(()) => {
-                    self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.delivered.inc();
                     outcome.delivery.delivered.push(target.key.to_owned());
                 }
                 Err(error) => {
@@ -227,7 +223,7 @@ impl Router {
                     } else {
                         &self.metrics.destination_delivery_failures
                     };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.inc();
                     tracing::warn!(%error, request_id = %lease.item.id, target = %target.arn, "delivery failed");
                     failures.push(error);
                 }
@@ -240,7 +236,7 @@ impl Router {
         outcome.delivery.last_error = Some(failures.join("; "));
         let body = Bytes::from(outcome.encode());
         if outcome.delivery.failed_attempts >= self.config.max_attempts {
-            self.metrics.parked.fetch_add(1, Ordering::Relaxed);
+            self.metrics.parked.inc();
             tracing::error!(request_id = %lease.item.id, "delivery gave up; outcome parked");
             RoundEnd::Requeue {
                 queue: PARKED,

@@ -16,7 +16,6 @@
 pub mod policy;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,6 +29,9 @@ use invoq_queue::{
 };
 use invoq_registry::{AsyncTarget, Registry};
 use invoq_runtime::{Invocation, InvocationResult, RuntimeError, RuntimeService};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use crate::policy::{AttemptResult, Decision, RetryPolicy};
 
@@ -57,11 +59,31 @@ pub struct Worker {
 
 /// Counters behind `/metrics`: terminal outcomes by condition, retries scheduled, and events
 /// dropped without an outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerMetrics {
-    outcomes: [AtomicU64; 5],
-    retries: AtomicU64,
-    dropped: [AtomicU64; 2],
+    outcomes: Family<[(&'static str, &'static str); 1], Counter>,
+    retries: Counter,
+    dropped: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl Default for WorkerMetrics {
+    /// Every condition and reason starts at 0, so each series shows before it first counts.
+    fn default() -> Self {
+        let metrics = WorkerMetrics {
+            outcomes: Family::default(),
+            retries: Counter::default(),
+            dropped: Family::default(),
+        };
+        for condition in CONDITIONS {
+            let _ = metrics
+                .outcomes
+                .get_or_create(&[("condition", condition.as_str())]);
+        }
+        for reason in DropReason::ALL {
+            let _ = metrics.dropped.get_or_create(&[("reason", reason.label())]);
+        }
+        metrics
+    }
 }
 
 /// What to do with a leased event once its attempt is over.
@@ -115,48 +137,34 @@ const CONDITIONS: [Condition; 5] = [
 
 impl WorkerMetrics {
     fn dropped(&self, reason: DropReason) {
-        let index = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.dropped[index].fetch_add(1, Ordering::Relaxed);
+        self.dropped
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
     }
 
     fn finished(&self, condition: Condition) {
-        if let Some(index) = CONDITIONS.iter().position(|c| *c == condition) {
-            self.outcomes[index].fetch_add(1, Ordering::Relaxed);
-        }
+        self.outcomes
+            .get_or_create(&[("condition", condition.as_str())])
+            .inc();
     }
 
-    /// Prometheus text for these counters.
-    pub fn render(&self) -> String {
-        let mut text = String::from(
-            "# HELP invoq_async_outcomes_total Events that reached a terminal outcome, by condition.\n\
-             # TYPE invoq_async_outcomes_total counter\n",
+    /// Adds these counters to `registry` (each name gains `_total`).
+    pub fn register(&self, registry: &mut MetricsRegistry) {
+        registry.register(
+            "invoq_async_outcomes",
+            "Events that reached a terminal outcome, by condition.",
+            self.outcomes.clone(),
         );
-        for (condition, counter) in CONDITIONS.iter().zip(&self.outcomes) {
-            text.push_str(&format!(
-                "invoq_async_outcomes_total{{condition=\"{condition:?}\"}} {}\n",
-                counter.load(Ordering::Relaxed)
-            ));
-        }
-        text.push_str(&format!(
-            "# HELP invoq_async_retries_total Attempts scheduled again (function errors, throttles).\n\
-             # TYPE invoq_async_retries_total counter\ninvoq_async_retries_total {}\n",
-            self.retries.load(Ordering::Relaxed)
-        ));
-        text.push_str(
-            "# HELP invoq_events_dropped_total Accepted events that ended without an outcome, by reason.\n\
-             # TYPE invoq_events_dropped_total counter\n",
+        registry.register(
+            "invoq_async_retries",
+            "Attempts scheduled again (function errors, throttles).",
+            self.retries.clone(),
         );
-        for (reason, counter) in DropReason::ALL.iter().zip(&self.dropped) {
-            text.push_str(&format!(
-                "invoq_events_dropped_total{{reason=\"{}\"}} {}\n",
-                reason.label(),
-                counter.load(Ordering::Relaxed)
-            ));
-        }
-        text
+        registry.register(
+            "invoq_events_dropped",
+            "Accepted events that ended without an outcome, by reason.",
+            self.dropped.clone(),
+        );
     }
 }
 
@@ -231,7 +239,7 @@ impl Worker {
                     .await
                 {
                     Ok(()) => {
-                        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.retries.inc();
                     }
                     Err(error) => {
                         tracing::warn!(%error, request_id = %event.request_id,

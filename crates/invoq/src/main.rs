@@ -33,6 +33,7 @@ use invoq_runtime::{
 };
 use invoq_worker::policy::RetryPolicy;
 use invoq_worker::{Worker, WorkerConfig};
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
@@ -601,6 +602,9 @@ async fn main() -> anyhow::Result<()> {
             let frontend = Frontend::new(local.clone(), runtime.clone(), queue.clone());
             frontend.set_event_source_checker(Arc::new(SqsSourceChecker::new(aws.clone())));
             let registry: Arc<dyn Registry> = local;
+            // One metrics registry for every service in this process, served at /metrics.
+            let mut metrics = MetricsRegistry::default();
+            frontend.register_metrics(&mut metrics);
             if let Some(grpc_addr) = grpc_addr {
                 ensure_grpc_exposure(grpc_addr)?;
                 let listener = bind(grpc_addr, "grpc").await?;
@@ -614,18 +618,16 @@ async fn main() -> anyhow::Result<()> {
             // No worker at all with a concurrency of 0: events wait in the queue for one.
             if asynchronous.worker_concurrency > 0 {
                 let worker = asynchronous.worker(queue.clone(), runtime.clone(), registry.clone());
-                let worker_metrics = worker.metrics();
-                frontend.add_metrics(Box::new(move || worker_metrics.render()));
+                worker.metrics().register(&mut metrics);
                 tokio::spawn(worker.run());
             }
             let pollers = Pollers::new(aws.clone(), runtime, registry.clone(), queue.clone());
             tokio::spawn(pollers.run(registry.watch_mappings()));
             let destinations = open_destinations(&destinations, &common.data_dir, &aws)?;
             let router = asynchronous.router(queue, destinations, registry);
-            let router_metrics = router.metrics();
-            frontend.add_metrics(Box::new(move || router_metrics.render()));
+            router.metrics().register(&mut metrics);
             tokio::spawn(router.run());
-            serve_http(&http, frontend, access_keys).await
+            serve_http(&http, frontend, access_keys, metrics).await
         }
         Command::Frontend {
             http,
@@ -648,7 +650,9 @@ async fn main() -> anyhow::Result<()> {
                 ..GrpcServices::default()
             };
             tokio::spawn(services.serve(listener));
-            serve_http(&http, frontend, access_keys).await
+            let mut metrics = MetricsRegistry::default();
+            frontend.register_metrics(&mut metrics);
+            serve_http(&http, frontend, access_keys, metrics).await
         }
         Command::Runtime {
             common,
@@ -878,6 +882,7 @@ async fn serve_http(
     http: &HttpArgs,
     frontend: Arc<Frontend>,
     access_keys: Option<Arc<AccessKeys>>,
+    metrics: MetricsRegistry,
 ) -> anyhow::Result<()> {
     let limits = HttpLimits {
         max_connections: http.http_max_connections.max(1),
@@ -888,7 +893,7 @@ async fn serve_http(
     let listener = bind(http.http_addr, "http").await?;
     invoq_frontend::server::serve(
         listener,
-        frontend.router(access_keys),
+        frontend.router(access_keys, Arc::new(metrics)),
         limits,
         shutdown_signal(),
     )
