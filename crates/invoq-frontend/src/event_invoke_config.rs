@@ -335,7 +335,7 @@ impl Frontend {
         };
         let mut body = json!({
             "LastModified": config.last_modified,
-            "FunctionArn": self.location.qualified_function_arn(name, qualifier),
+            "FunctionArn": self.registry.location().qualified_function_arn(name, qualifier),
             "DestinationConfig": {
                 "OnSuccess": destination(&config.on_success),
                 "OnFailure": destination(&config.on_failure),
@@ -353,7 +353,9 @@ impl Frontend {
     fn no_config(&self, name: &str, qualifier: &str) -> ApiError {
         ApiError::not_found(format!(
             "The function {} doesn't have an EventInvokeConfig",
-            self.location.qualified_function_arn(name, qualifier)
+            self.registry
+                .location()
+                .qualified_function_arn(name, qualifier)
         ))
     }
 }

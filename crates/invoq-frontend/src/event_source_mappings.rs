@@ -349,9 +349,10 @@ impl Frontend {
         }
         let arn = match &function.qualifier {
             Some(qualifier) => self
-                .location
+                .registry
+                .location()
                 .qualified_function_arn(&function.name, &qualifier.to_string()),
-            None => self.location.function_arn(&function.name),
+            None => self.registry.location().function_arn(&function.name),
         };
         Ok((function.name, arn))
     }
@@ -361,7 +362,7 @@ impl Frontend {
             "UUID": mapping.uuid,
             "EventSourceMappingArn": format!(
                 "arn:aws:lambda:{}:{}:event-source-mapping:{}",
-                self.location.region, self.location.account_id, mapping.uuid
+                self.registry.location().region, self.registry.location().account_id, mapping.uuid
             ),
             "EventSourceArn": mapping.event_source_arn,
             "FunctionArn": mapping.function_arn,

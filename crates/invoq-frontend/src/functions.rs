@@ -104,7 +104,7 @@ pub(crate) async fn create(State(frontend): State<Arc<Frontend>>, body: Bytes) -
     frontend.registry.deploy_in_background(record.name.clone());
     Ok(json_response(
         StatusCode::CREATED,
-        &configuration_json(&record, &frontend.location),
+        &configuration_json(&record, frontend.registry.location()),
     ))
 }
 
@@ -120,7 +120,7 @@ pub(crate) async fn get(
         .and_then(|host| host.to_str().ok())
         .unwrap_or("127.0.0.1");
     let mut response = json!({
-        "Configuration": configuration_json(&record, &frontend.location),
+        "Configuration": configuration_json(&record, frontend.registry.location()),
         "Code": {
             "RepositoryType": "S3",
             "Location": format!("http://{host}/invoq/code/{}", record.code.sha256_hex),
@@ -143,7 +143,7 @@ pub(crate) async fn get_configuration(
     let record = frontend.find(&function_name, query.qualifier.as_deref())?;
     Ok(json_response(
         StatusCode::OK,
-        &configuration_json(&record, &frontend.location),
+        &configuration_json(&record, frontend.registry.location()),
     ))
 }
 
@@ -181,7 +181,7 @@ pub(crate) async fn list(
     let mut response = json!({
         "Functions": page
             .iter()
-            .map(|record| configuration_json(record, &frontend.location))
+            .map(|record| configuration_json(record, frontend.registry.location()))
             .collect::<Vec<Value>>(),
     });
     if more && let Some(last) = page.last() {
@@ -213,7 +213,7 @@ pub(crate) async fn update_configuration(
     })?;
     Ok(json_response(
         StatusCode::OK,
-        &configuration_json(&record, &frontend.location),
+        &configuration_json(&record, frontend.registry.location()),
     ))
 }
 
@@ -247,7 +247,7 @@ pub(crate) async fn update_code(
         let record = frontend.find(&function_name, None)?;
         return Ok(json_response(
             StatusCode::OK,
-            &configuration_json(&record, &frontend.location),
+            &configuration_json(&record, frontend.registry.location()),
         ));
     }
     let code = frontend.registry.functions().put_code(&zip)?;
@@ -260,7 +260,7 @@ pub(crate) async fn update_code(
     })?;
     Ok(json_response(
         StatusCode::OK,
-        &configuration_json(&record, &frontend.location),
+        &configuration_json(&record, frontend.registry.location()),
     ))
 }
 
@@ -463,7 +463,7 @@ impl Frontend {
         change: impl FnOnce(&mut FunctionRecord) -> Result<(), ApiError>,
     ) -> Result<FunctionRecord, ErrorResponse> {
         let current = self.find(function_name, None)?;
-        let function_arn = self.location.function_arn(&current.name);
+        let function_arn = self.registry.location().function_arn(&current.name);
         let updated = self.registry.functions().update(&current.name, |record| {
             if record.is_settling() {
                 return Err(ApiError::conflict(format!(

@@ -104,9 +104,10 @@ impl Frontend {
         record.check_active()?;
         let invoked_function_arn = match &function.qualifier {
             Some(qualifier) => self
-                .location
+                .registry
+                .location()
                 .qualified_function_arn(&record.name, &qualifier.to_string()),
-            None => self.location.function_arn(&record.name),
+            None => self.registry.location().function_arn(&record.name),
         };
         if record.recursive_loop.stops(chain_depth) {
             self.metrics.recursive_invocations_refused.inc();
@@ -118,7 +119,7 @@ impl Frontend {
             .into());
         }
         let invocation = Invocation {
-            function: record.spec(&self.location),
+            function: record.spec(self.registry.location()),
             request_id: request_id.to_owned(),
             payload: empty_as_object(payload),
             invoked_function_arn,

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
-use invoq_domain::{ApiError, Location};
+use invoq_domain::ApiError;
 use invoq_queue::EventQueue;
 use invoq_registry::{EventSourceChecker, LocalRegistry};
 use invoq_runtime::{RuntimeError, RuntimeService};
@@ -43,8 +43,6 @@ const CONTROL_PLANE_BODY_LIMIT: usize = 70 * 1024 * 1024;
 pub struct Frontend {
     /// Functions, mappings, and the write point of Event invocations.
     registry: Arc<LocalRegistry>,
-    /// The registry's, kept here for the ARNs every answer carries.
-    location: Location,
     runtime: Arc<dyn RuntimeService>,
     /// The queues `/invoq/queues` inspects and `/invoq/parked/redrive` moves between.
     queue: Arc<dyn EventQueue>,
@@ -61,7 +59,6 @@ impl Frontend {
     ) -> Arc<Self> {
         Arc::new(Frontend {
             metrics: Metrics::new(registry.counters().throttles.clone()),
-            location: registry.location().clone(),
             registry,
             runtime,
             queue,

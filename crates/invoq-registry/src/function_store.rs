@@ -177,20 +177,10 @@ impl FunctionStore {
         let code_dir = data_dir.join("code");
         std::fs::create_dir_all(&functions_dir)?;
         std::fs::create_dir_all(&code_dir)?;
-        let mut functions = BTreeMap::new();
-        for entry in std::fs::read_dir(&functions_dir)? {
-            let path = entry?.path();
-            if path
-                .extension()
-                .is_some_and(|extension| extension == "json")
-            {
-                let record: FunctionRecord = serde_json::from_slice(&std::fs::read(&path)?)
-                    .map_err(|error| {
-                        std::io::Error::other(format!("{}: {error}", path.display()))
-                    })?;
-                functions.insert(record.name.clone(), Arc::new(record));
-            }
-        }
+        let functions = read_json_dir::<FunctionRecord>(&functions_dir)?
+            .into_iter()
+            .map(|record| (record.name.clone(), Arc::new(record)))
+            .collect();
         Ok(FunctionStore {
             functions_dir,
             code_dir,
@@ -354,6 +344,23 @@ fn now_timestamp() -> String {
     time::OffsetDateTime::now_utc()
         .format(&format)
         .unwrap_or_default()
+}
+
+/// Every `*.json` file in `dir`, parsed: how the stores load what they wrote.
+pub(crate) fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> std::io::Result<Vec<T>> {
+    let mut parsed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "json")
+        {
+            let value = serde_json::from_slice(&std::fs::read(&path)?)
+                .map_err(|error| std::io::Error::other(format!("{}: {error}", path.display())))?;
+            parsed.push(value);
+        }
+    }
+    Ok(parsed)
 }
 
 /// Writes `contents` to `path` so that a crash leaves the old file or the new one: a fsynced

@@ -10,7 +10,7 @@ use invoq_domain::ApiError;
 use invoq_domain::event_source::EventSourceMapping;
 use tokio::sync::watch;
 
-use crate::function_store::{storage_error, write_atomically};
+use crate::function_store::{read_json_dir, storage_error, write_atomically};
 
 /// The event source mappings, by UUID.
 pub struct MappingStore {
@@ -23,20 +23,11 @@ impl MappingStore {
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("event-source-mappings");
         std::fs::create_dir_all(&dir)?;
-        let mut mappings = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path
-                .extension()
-                .is_some_and(|extension| extension == "json")
-            {
-                let mapping: EventSourceMapping = serde_json::from_slice(&std::fs::read(&path)?)
-                    .map_err(|error| {
-                        std::io::Error::other(format!("{}: {error}", path.display()))
-                    })?;
-                mappings.insert(mapping.uuid.clone(), mapping);
-            }
-        }
+        let mappings: BTreeMap<String, EventSourceMapping> =
+            read_json_dir::<EventSourceMapping>(&dir)?
+                .into_iter()
+                .map(|mapping| (mapping.uuid.clone(), mapping))
+                .collect();
         let (published, _) = watch::channel(mappings.values().cloned().collect());
         Ok(MappingStore {
             dir,
